@@ -1,0 +1,141 @@
+"""Models and tokenizers: the tiny built-in model, and real ones from a local folder, the HF cache or the hub.
+
+Loading a real model never hangs and never dumps a traceback on the user: when the weights are not reachable it
+raises ``ModelLoadError`` with one line that names the model, says what was tried and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .errors import ModelLoadError
+
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    model_id: str  # what the statistics and W&B record as the model's identity
+
+
+def resolve_dtype(name: str | None) -> torch.dtype:
+    """``auto`` is bf16 on a GPU that supports it, else float32 (CPUs train tiny models in float32)."""
+    if name in (None, "auto"):
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    try:
+        return table[name]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {name!r}: use auto, fp32, bf16 or fp16") from None
+
+
+def build_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``corpus``: every script is covered (any byte is a token), and the
+    texts it was trained on compress well. Deterministic for a given corpus; needs no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def build_tiny_model(arch: Mapping[str, Any], tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised Llama-architecture model (SwiGLU MLP) sized by ``arch`` (LlamaConfig fields)."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **dict(arch),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_pretrained(name_or_path: str, dtype: str | None = "auto", revision: str | None = None,
+                    trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a local folder, the HF cache, or the hub (in that order).
+
+    Raises ``ModelLoadError`` (one line: the model, what was tried, how to fix it) when none of them has it.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return _load(str(path), torch_dtype, kwargs, source=f"local folder {path}")
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:  # a path, not an org/name hub id
+        raise ModelLoadError(
+            f"model {name_or_path!r}: no such local folder; pass model.name_or_path=<folder with config.json and "
+            "weights> or a hub id such as meta-llama/Llama-3.1-8B-Instruct"
+        )
+    try:
+        return _load(name_or_path, torch_dtype, {**kwargs, "local_files_only": True}, source="the HF cache")
+    except (OSError, ValueError):
+        pass
+    cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    tried = f"not a local folder, not in the HF cache (HF_HOME={cache})"
+    fix = (f"download it where the hub is reachable (`hf download {name_or_path}`) and pass "
+           f"model.name_or_path=/local/dir, or set HF_HOME to a cache that holds it")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ModelLoadError(f"model {name_or_path!r} could not be loaded: {tried}, and HF_HUB_OFFLINE is set; {fix}")
+    problem = _hub_problem(name_or_path, revision)
+    if problem is not None:
+        raise ModelLoadError(f"model {name_or_path!r} could not be loaded: {tried}, and {problem}; {fix}")
+    return _load(name_or_path, torch_dtype, kwargs, source="the hub")
+
+
+def _load(name: str, dtype: torch.dtype, kwargs: dict[str, Any], source: str) -> LoadedModel:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as e:
+        if kwargs.get("local_files_only"):
+            raise
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"model {name!r} from {source} could not be loaded ({reason}); check that the folder holds a causal LM "
+            "saved with save_pretrained (config.json, weights, tokenizer files)"
+        ) from None
+    if tokenizer.pad_token is None:
+        # Many base models ship without a pad token; padding is always masked, so eos is a safe stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=name)
+
+
+def _hub_problem(repo_id: str, revision: str | None) -> str | None:
+    """Why the hub cannot serve ``repo_id`` right now (a short phrase), or None when it can. Bounded in time."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=10)
+    except GatedRepoError:
+        return ("the hub says the model is gated: accept its terms on huggingface.co and log in "
+                "(`hf auth login` or HF_TOKEN)")
+    except RepositoryNotFoundError:
+        return "the hub has no such model (check the id; private models need `hf auth login` or HF_TOKEN)"
+    except Exception as e:  # network errors come from several libraries; all mean "unreachable"
+        return f"the hub is unreachable ({type(e).__name__})"
+    return None

@@ -1,0 +1,54 @@
+"""Shared test setup: no network, no W&B login, and the real data beside the project when it is there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LANGNEURONS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# Tests never reach the hub or W&B's servers, and never find a W&B login.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.pop("WANDB_MODE", None)
+os.environ["NETRC"] = str(ROOT / "tests" / "no-such-netrc")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (set LANGNEURONS_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def run_train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python train.py <overrides>`` from the project root, as a user would."""
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def offline_runs(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("offline-run-*"))
+
+
+def inspect_summary(run_dir: Path) -> dict:
+    """A finished offline W&B run read back the way the README says: wandb leet inspect --summary --json."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run_dir)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+def inspect_records(run_dir: Path) -> list[dict]:
+    """Every record of an offline W&B run (wandb leet inspect --json), one dict per line."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_dir)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]

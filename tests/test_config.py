@@ -1,0 +1,58 @@
+"""Every option of every config group composes, and the composed config means what the README says."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import ROOT, run_train
+
+CONF = ROOT / "conf"
+GROUPS = ["model", "alignment", "trainer", "data", "logger"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_resolves(group, option):
+    cfg = composed(f"{group}={option}")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+def test_model_presets():
+    assert set(options("model")) >= {"tiny", "llama", "mistral", "qwen", "mistral_mathoctopus", "metamath_octopus"}
+    assert composed("model=mistral_mathoctopus").model.name_or_path == "kevinpro/MistralMathOctopus-7B"
+    assert composed("model=metamath_octopus").model.name_or_path == "kevinpro/MetaMathOctopus-7B"
+    assert composed("model=qwen", "model.name_or_path=/weights/qwen").model.name_or_path == "/weights/qwen"
+
+
+def test_real_models_get_the_papers_hyperparameters_and_tiny_stays_fast():
+    paper = composed("model=mistral_mathoctopus")
+    t = paper.trainer
+    assert (t.lora.r, t.lora.alpha, t.lora.dropout, t.learning_rate) == (64, 128, 0.05, 1e-6)
+    assert t.per_device_train_batch_size * t.gradient_accumulation_steps == 16
+    assert paper.alignment.beta == 0.1
+    assert composed("model=llama", "trainer=tiny").trainer.max_steps == composed().trainer.max_steps
+    assert composed().trainer.max_steps <= 100
+
+
+def test_languages_default_to_aligning_swahili_and_probing_the_paper_ten():
+    cfg = composed()
+    assert cfg.lang == "sw" and cfg.probe_langs == "all" and cfg.eval_langs == "all"
+    assert list(composed("lang=[zh,de]").lang) == ["zh", "de"]
+    assert composed("probe_langs=[en,sw]").eval_langs == ["en", "sw"]
+
+
+def test_cfg_job_prints_the_composed_config():
+    out = run_train("--cfg", "job", "model=qwen", "lang=[zh,de]")
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.model.preset == "qwen" and list(cfg.lang) == ["zh", "de"] and cfg.trainer.lora.r == 64

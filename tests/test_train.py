@@ -1,0 +1,99 @@
+"""The user's story: run train.py, then look at what came out (adapter, W&B run read back offline)."""
+
+import json
+
+import pytest
+
+from conftest import inspect_summary, offline_runs, run_train
+
+SHORT = ["trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=2", "alignment.questions.n=16",
+         "data.n=4"]
+
+
+def test_short_default_run_trains_and_leaves_a_readable_offline_wandb_run(tmp_path):
+    out = run_train(f"hydra.run.dir={tmp_path}", *SHORT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = offline_runs(tmp_path / "wandb")
+    assert len(runs) == 1
+    # the end of the run says where it went and how to look at it
+    assert f"wandb leet {runs[0]}" in out.stdout and f"wandb sync {runs[0]}" in out.stdout
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "base_model" / "config.json").is_file()
+    summary = inspect_summary(runs[0])
+    assert summary["state"] == "finished" and summary["exit_code"] == 0
+    metrics = summary["summary"]
+    assert "train/loss" in metrics and metrics["train/global_step"] == 4
+    assert summary["name"] == "tiny-dpo-sw"
+    assert {"model:tiny", "method:dpo", "lang:sw"} <= set(summary["tags"])
+    config = summary["config"]
+    # the composed Hydra config, as a plain dict
+    model = config["model"]["value"] if "value" in config["model"] else config["model"]
+    assert model["preset"] == "tiny"
+
+
+def test_multirun_makes_one_wandb_run_per_job_in_one_group(tmp_path):
+    out = run_train("-m", f"hydra.sweep.dir={tmp_path}", "lang=sw,zh", *SHORT, "trainer.save_steps=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = offline_runs(tmp_path)
+    assert len(runs) == 2
+    summaries = [inspect_summary(r) for r in runs]
+    assert sorted(s["name"] for s in summaries) == ["tiny-dpo-sw", "tiny-dpo-zh"]
+    assert len({s["run_id"] for s in summaries}) == 2
+    assert all(s["state"] == "finished" and "train/loss" in s["summary"] for s in summaries)
+
+
+def test_sft_on_several_languages_trains(tmp_path):
+    out = run_train(f"hydra.run.dir={tmp_path}", "alignment=sft", "lang=[zh,de]", *SHORT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = inspect_summary(offline_runs(tmp_path)[0])
+    assert summary["name"] == "tiny-sft-zh+de" and "train/loss" in summary["summary"]
+
+
+def test_dpo_on_a_users_preference_file(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"prompt": f"{i} + 1 =", "chosen": f" {i + 1}", "rejected": f" {i + 2}"})
+                               for i in range(10)))
+    out = run_train(f"hydra.run.dir={tmp_path / 'run'}", f"alignment.pairs={pairs}", "logger=none", *SHORT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert not offline_runs(tmp_path / "run")  # logger=none writes no W&B run
+
+
+def test_a_preset_trains_a_local_model_given_by_name_or_path(tmp_path):
+    from langneurons.modeling import build_tiny_model, build_tokenizer
+    from langneurons.experiment import tiny_tokenizer_corpus
+
+    tok = build_tokenizer(tiny_tokenizer_corpus("mathoctopus", n=30), 300)
+    model = build_tiny_model({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                              "num_attention_heads": 2, "num_key_value_heads": 1}, tok)
+    weights = tmp_path / "weights"
+    model.save_pretrained(weights)
+    tok.save_pretrained(weights)
+    out = run_train(f"hydra.run.dir={tmp_path / 'run'}", "model=llama", f"model.name_or_path={weights}",
+                    "trainer=tiny", *SHORT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = inspect_summary(offline_runs(tmp_path / "run")[0])
+    assert summary["name"] == "llama-dpo-sw" and "train/loss" in summary["summary"]
+
+
+@pytest.mark.parametrize("override, phrase", [
+    ("lang=xx", "unknown language code 'xx'"),
+    ("alignment.pairs=/no/such/pairs.jsonl", "training file /no/such/pairs.jsonl does not exist"),
+    ("data=mgsm", "could not load MGSM from 'juletxara/mgsm'"),
+    ("logger.mode=sideways", "unknown W&B mode 'sideways'"),
+])
+def test_bad_input_is_one_line_and_leaves_no_wandb_run(tmp_path, override, phrase):
+    out = run_train(f"hydra.run.dir={tmp_path}", override)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and phrase in errors[0], out.stderr
+    assert not offline_runs(tmp_path)
+
+
+@pytest.mark.slow
+def test_full_default_run(tmp_path):
+    out = run_train(f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = inspect_summary(offline_runs(tmp_path / "wandb")[0])
+    assert summary["summary"]["train/global_step"] > 10 and "train/loss" in summary["summary"]
