@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -16,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 # Before any Hugging Face import: no telemetry pings from a training job.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# TRL 1.x still calls a transformers API deprecated in 5.x; the warning is theirs to fix and says nothing to users.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from conftest import inspect_summary, offline_runs, run_train
+from conftest import inspect_records, inspect_summary, offline_runs, run_train
 
+# A shortened run; neuron checkpoints have their own tests (test_neuron_checkpoints.py).
 SHORT = ["trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=2", "alignment.questions.n=16",
-         "data.n=4"]
+         "data.n=4", "neurons=off"]
 
 
 def test_short_default_run_trains_and_leaves_a_readable_offline_wandb_run(tmp_path):
@@ -92,8 +93,17 @@ def test_bad_input_is_one_line_and_leaves_no_wandb_run(tmp_path, override, phras
 
 
 @pytest.mark.slow
-def test_full_default_run(tmp_path):
+def test_full_default_run_records_start_middle_and_end(tmp_path):
+    from langneurons.languages import PAPER_LANGS
+
     out = run_train(f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = inspect_summary(offline_runs(tmp_path / "wandb")[0])
+    run = offline_runs(tmp_path / "wandb")[0]
+    summary = inspect_summary(run)
     assert summary["summary"]["train/global_step"] > 10 and "train/loss" in summary["summary"]
+    history = [r["history"]["item"] for r in inspect_records(run) if r.get("type") == "history"]
+    checkpoints = {h["train/global_step"]: h for h in history if "neurons/total/specific" in h}
+    assert len(checkpoints) >= 3 and min(checkpoints) == 0
+    assert max(checkpoints) == summary["summary"]["train/global_step"]
+    for h in checkpoints.values():
+        assert all(f"neurons/specific/{lang}" in h and f"eval/acc/{lang}" in h for lang in PAPER_LANGS)

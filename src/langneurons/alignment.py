@@ -84,6 +84,7 @@ def build_trainer(
         save_steps=int(trainer_cfg.get("save_steps") or 500),
         save_total_limit=trainer_cfg.get("save_total_limit"),
         dataloader_num_workers=int(trainer_cfg.get("num_workers", 0)),
+        dataloader_pin_memory=torch.cuda.is_available(),
         seed=seed,
         data_seed=seed,
         report_to=list(report_to),

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Mapping
 
 from . import languages, tracking
 from .alignment import build_trainer, training_set
+from .callbacks import NeuronCheckpointCallback, NeuronCheckpointer
 from .data import load_problems
 from .data.synthetic import SYNTHETIC_LANGS
 from .modeling import LoadedModel, build_tiny_model, build_tokenizer, load_pretrained
@@ -69,7 +70,7 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path) -> RunResult:
     probe = languages.resolve(cfg["probe_langs"])
     evaluated = languages.resolve(cfg["eval_langs"])
     template = cfg["model"]["prompt_template"]
-    eval_problems = load_problems(cfg["data"], evaluated, template)
+    eval_problems = load_problems(cfg["data"], list(dict.fromkeys([*evaluated, *probe])), template)
     train_set = training_set(cfg["alignment"], aligned, template, seed)
     loaded = load_model(cfg["model"], seed)
     if not cfg["model"].get("name_or_path"):
@@ -87,8 +88,18 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path) -> RunResult:
                                        "eval_langs": list(evaluated), "model_id": loaded.model_id,
                                        "train_examples": len(train_set),
                                        "eval_problems": {k: len(v) for k, v in eval_problems.items()}}})
+        callbacks = []
+        if cfg["neurons"].get("enabled", True):
+            checkpointer = NeuronCheckpointer(
+                tokenizer=loaded.tokenizer, problems=eval_problems, probe_langs=probe, eval_langs=evaluated,
+                neurons=cfg["neurons"], eval_cfg=cfg["eval"], out_dir=run_dir / "neurons", model_id=loaded.model_id)
+            logger = (tracking.CheckpointLogger(run, image=cfg["neurons"].get("image", True),
+                                                artifact=cfg["neurons"].get("artifact", True))
+                      if run is not None else None)
+            callbacks.append(NeuronCheckpointCallback(checkpointer, cfg["neurons"]["every_n_steps"], logger))
         trainer = build_trainer(cfg["alignment"], cfg["trainer"], loaded.model, loaded.tokenizer, train_set,
-                                run_dir / "checkpoints", seed, report_to=["wandb"] if run is not None else [])
+                                run_dir / "checkpoints", seed, report_to=["wandb"] if run is not None else [],
+                                callbacks=callbacks)
         output = trainer.train()
         adapter_dir = run_dir / "adapter"
         tmp = run_dir / "adapter.tmp"

@@ -89,3 +89,89 @@ def run_files_dir(run) -> Path | None:
 def finish(run, exit_code: int = 0) -> None:
     if run is not None:
         run.finish(exit_code=exit_code)
+
+
+# ---- neuron checkpoints -----------------------------------------------------------------------------------------
+# The W&B keys of a neuron checkpoint. Panels group by prefix, so "neurons/specific/<lang>" charts per language.
+def neuron_metrics(summary: Mapping[str, Any], accuracy: Mapping[str, float] | None,
+                   since_previous: Mapping[str, Any] | None, since_start: Mapping[str, Any] | None,
+                   overlap_start: Mapping[str, float] | None, lang_type_counts: Mapping[str, Mapping[str, int]],
+                   seconds: float | None = None) -> dict[str, float]:
+    """Flat ``{key: value}`` for one checkpoint.
+
+    ``summary``: an identification summary; ``lang_type_counts[lang][type]``: neurons of each type per language;
+    ``since_*[lang]``: [4, 4] transition matrices in ``LANG_TYPES`` order; ``overlap_start[lang]``: Jaccard with
+    step 0.
+    """
+    from .neurons.dynamics import LANG_TYPES
+
+    out: dict[str, float] = {}
+    for lang, counts in lang_type_counts.items():
+        for kind in ("specific", "related"):
+            out[f"neurons/{kind}/{lang}"] = counts[kind]
+    totals = summary["totals"]
+    out["neurons/general"] = totals["general"]
+    out["neurons/unassigned"] = totals["unassigned"]
+    for kind, value in totals.items():
+        out[f"neurons/total/{kind}"] = value
+    for n, value in enumerate(summary["histogram"]):
+        out[f"neurons/shared_by/{n}"] = value
+    out["neurons/selected"] = summary["selected"]
+    out["neurons/tau"] = summary["tau"]
+    if summary.get("lam") is not None:
+        out["neurons/lam"] = summary["lam"]
+    for prefix, matrices in (("neurons/transition", since_previous), ("neurons/transition_since_start", since_start)):
+        if not matrices:
+            continue
+        total = sum(m for m in matrices.values())
+        for i, src in enumerate(LANG_TYPES):
+            for j, dst in enumerate(LANG_TYPES):
+                if i != j:
+                    out[f"{prefix}/{src}_to_{dst}"] = int(total[i, j])
+                    for lang, m in matrices.items():
+                        out[f"{prefix}/{lang}/{src}_to_{dst}"] = int(m[i, j])
+    for lang, value in (overlap_start or {}).items():
+        out[f"neurons/overlap_with_start/{lang}"] = value
+    for lang, value in (accuracy or {}).items():
+        out[f"eval/acc/{lang}"] = value
+    if seconds is not None:
+        out["neurons/checkpoint_seconds"] = seconds
+    return out
+
+
+class CheckpointLogger:
+    """Puts neuron checkpoints into a W&B run: metrics on the trainer's step, tables, a figure, an artifact."""
+
+    def __init__(self, run, image: bool = True, artifact: bool = True):
+        self.run = run
+        self.image = image
+        self.artifact = artifact
+
+    def __call__(self, ckpt) -> None:
+        import wandb
+
+        from .neurons import layer_distribution
+        from .plots import layer_distribution_figure
+
+        data: dict[str, Any] = {STEP_KEY: ckpt.step}
+        data.update({f"eval/acc/{lang}": value for lang, value in ckpt.accuracy.items()})
+        data["eval/samples"] = wandb.Table(columns=["step", "lang", "id", "question", "answer", "gold"], data=[
+            [ckpt.step, s["lang"], s["id"], s["question"], s["answer"], s["gold"]] for s in ckpt.samples])
+        if ckpt.ident is not None:
+            data.update(neuron_metrics(ckpt.ident.summary(), None, ckpt.since_previous, ckpt.since_start,
+                                       ckpt.overlap_start, ckpt.lang_type_counts(), ckpt.seconds))
+            dist = layer_distribution(ckpt.ident)
+            data["neurons/layers"] = wandb.Table(columns=["step", "layer", "type", "lang", "count"], data=[
+                [ckpt.step, r["layer"], r["type"], r["lang"], r["count"]] for r in dist.rows()])
+            if self.image:
+                import matplotlib.pyplot as plt
+
+                fig = layer_distribution_figure(dist, title=f"step {ckpt.step}")
+                data["neurons/layers_image"] = wandb.Image(fig)
+                plt.close(fig)
+        self.run.log(data)
+        if self.artifact and ckpt.path is not None:
+            art = wandb.Artifact(f"neurons-{self.run.id}", type="neuron-checkpoint",
+                                 metadata={"step": ckpt.step, "accuracy": ckpt.accuracy})
+            art.add_dir(str(ckpt.path))
+            self.run.log_artifact(art, aliases=[f"step-{ckpt.step}"])

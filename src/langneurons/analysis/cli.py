@@ -1,0 +1,97 @@
+"""``analyze.py <subcommand> [key=value ...]``: compose conf/analyze/<subcommand>.yaml with the overrides, run it.
+
+Each subcommand is a function ``run(cfg: dict) -> dict`` in its own module; its result is printed as one line of
+JSON. User errors (unknown subcommand or key, bad value, missing path...) print one line to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import HarnessError
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    target: str  # "module:function", imported only when the subcommand runs (keeps --help fast)
+    help: str
+
+    def load(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        module, func = self.target.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "identify": Subcommand(
+        "langneurons.analysis.identify:run",
+        "identify language-specific / related / general neurons in activation statistics (ours or the reference's)",
+    ),
+}
+
+
+def usage(prog: str = "analyze.py") -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = [f"usage: python {prog} <subcommand> [key=value ...]", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {sub.help}" for name, sub in SUBCOMMANDS.items()]
+    lines += ["", f"python {prog} <subcommand> --help shows its keys and defaults."]
+    return "\n".join(lines)
+
+
+def compose(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The subcommand's config with ``overrides`` applied, as a plain dict; unknown keys and bad syntax are
+    :class:`HarnessError`. No Hydra run directory is created (compose API, no job)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    path = conf_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise HarnessError(f"no config {str(path)!r} for subcommand {name!r}: the conf/analyze folder is incomplete")
+    known = list(OmegaConf.load(path).keys())
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise HarnessError(f"{str(exc).splitlines()[0]}: arguments are key=value, e.g. source=<dir>") from None
+    for override in parsed:
+        key = override.key_or_group.split(".")[0]
+        if key not in known:
+            raise HarnessError(f"unknown key {key!r} for {name}: known keys are {', '.join(map(str, known))}")
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
+            cfg = hydra_compose(config_name=name, overrides=list(overrides))
+    except HydraException as exc:
+        raise HarnessError(str(exc).splitlines()[0]) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise HarnessError(f"{', '.join(missing)} required: python analyze.py {name} {missing[0]}=...")
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def main(argv: Sequence[str], conf_dir: Path, prog: str = "analyze.py") -> int:
+    """Run ``argv`` (subcommand and overrides); return the process exit code."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage(prog))
+        return 0 if argv else 2
+    name, overrides = argv[0], argv[1:]
+    sub = SUBCOMMANDS.get(name)
+    if sub is None:
+        print(f"{prog}: error: unknown subcommand {name!r}: choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    if any(arg in ("-h", "--help") for arg in overrides):
+        print(f"{sub.help}\n\n" + (conf_dir / f"{name}.yaml").read_text())
+        return 0
+    try:
+        result = sub.load()(compose(conf_dir, name, overrides))
+    except HarnessError as exc:
+        print(f"{prog} {name}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
