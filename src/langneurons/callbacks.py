@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 
 from . import evaluation
 from .errors import HarnessError
+from .metrics import load_math_accuracy
 from .neurons import GeneralRule, Identification, NeuronStats, collect_stats, identify, layer_distribution, make_batches
 from .neurons.dynamics import LANG_TYPES, lang_types, overlap, transitions
 from .neurons.forward import all_reduce_sum, distributed_world, is_main_process
@@ -130,7 +131,7 @@ class NeuronCheckpointer:
 
     def _accuracy(self, answers: Mapping[str, list[str]]) -> dict[str, float]:
         golds = {lang: self._share(self.problems[lang]["answer"]) for lang in self.eval_langs}
-        metric = evaluation.load_math_accuracy()
+        metric = load_math_accuracy()
         correct = torch.tensor([float(metric.compute(predictions=answers[lang], references=golds[lang])["correct"])
                                 for lang in self.eval_langs], dtype=torch.float64)
         total = torch.tensor([float(len(golds[lang])) for lang in self.eval_langs], dtype=torch.float64)

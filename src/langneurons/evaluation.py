@@ -1,4 +1,4 @@
-"""Greedy answers to problem prompts and accuracy per language.
+"""Greedy answers to problem prompts (scored per language with the shipped math_accuracy metric).
 
 One generation pass per checkpoint serves twice: its answers are scored for accuracy, and the same answers,
 force-decoded after their prompts, are the probe set the neuron statistics count (the paper's protocol).
@@ -7,12 +7,11 @@ force-decoded after their prompts, are the probe set the neuron statistics count
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import load_math_accuracy
 
 # Where a base model that keeps writing starts the next instruction: the answer ends before it.
 STOP_MARKERS = ("\n\n###", "\n### ", "### Instruction")
@@ -63,11 +62,3 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, 
             out.extend(_trim(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True))
     return out
 
-
-def accuracy(answers: Mapping[str, Sequence[str]], golds: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """Accuracy per language (last number vs gold, through the shipped ``math_accuracy`` metric) and ``avg``."""
-    metric = load_math_accuracy()
-    result = {lang: metric.compute(predictions=list(answers[lang]), references=list(golds[lang]))["accuracy"]
-              for lang in answers}
-    result["avg"] = sum(result.values()) / len(result) if result else 0.0
-    return result

@@ -93,8 +93,7 @@ def finish(run, exit_code: int = 0) -> None:
 
 # ---- neuron checkpoints -----------------------------------------------------------------------------------------
 # The W&B keys of a neuron checkpoint. Panels group by prefix, so "neurons/specific/<lang>" charts per language.
-def neuron_metrics(summary: Mapping[str, Any], accuracy: Mapping[str, float] | None,
-                   since_previous: Mapping[str, Any] | None, since_start: Mapping[str, Any] | None,
+def neuron_metrics(summary: Mapping[str, Any], since_previous: Mapping[str, Any] | None, since_start: Mapping[str, Any] | None,
                    overlap_start: Mapping[str, float] | None, lang_type_counts: Mapping[str, Mapping[str, int]],
                    seconds: float | None = None) -> dict[str, float]:
     """Flat ``{key: value}`` for one checkpoint.
@@ -132,8 +131,6 @@ def neuron_metrics(summary: Mapping[str, Any], accuracy: Mapping[str, float] | N
                         out[f"{prefix}/{lang}/{src}_to_{dst}"] = int(m[i, j])
     for lang, value in (overlap_start or {}).items():
         out[f"neurons/overlap_with_start/{lang}"] = value
-    for lang, value in (accuracy or {}).items():
-        out[f"eval/acc/{lang}"] = value
     if seconds is not None:
         out["neurons/checkpoint_seconds"] = seconds
     return out
@@ -158,7 +155,7 @@ class CheckpointLogger:
         data["eval/samples"] = wandb.Table(columns=["step", "lang", "id", "question", "answer", "gold"], data=[
             [ckpt.step, s["lang"], s["id"], s["question"], s["answer"], s["gold"]] for s in ckpt.samples])
         if ckpt.ident is not None:
-            data.update(neuron_metrics(ckpt.ident.summary(), None, ckpt.since_previous, ckpt.since_start,
+            data.update(neuron_metrics(ckpt.ident.summary(), ckpt.since_previous, ckpt.since_start,
                                        ckpt.overlap_start, ckpt.lang_type_counts(), ckpt.seconds))
             dist = layer_distribution(ckpt.ident)
             data["neurons/layers"] = wandb.Table(columns=["step", "layer", "type", "lang", "count"], data=[
