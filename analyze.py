@@ -1,6 +1,8 @@
-"""Analyse neuron statistics of finished (or running) runs: ``python analyze.py <subcommand> [key=value ...]``.
+"""Analyse neuron checkpoints of finished (or running) runs: ``python analyze.py <subcommand> [key=value ...]``.
 
     python analyze.py --help                                   # lists the subcommands
+    python analyze.py report runs=[outputs/a,outputs/b] out=report/
+    python analyze.py stages runs=[<stats dir or reference folder>] top_rate=0.01 lam=0.109375 bar=0.95
     python analyze.py identify source=<stats dir or reference folder> lam=auto out=masks/
 """
 

@@ -20,22 +20,40 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # TRL 1.x still calls a transformers API deprecated in 5.x; the warning is theirs to fix and says nothing to users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
+# hydra.run.dir: the resumed run's own folder when `resume=` names one, else a new folder.
+OmegaConf.register_new_resolver("run_dir", lambda resume, new: resume or new, replace=True)
+
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from langneurons.distributed import is_rank_zero
     from langneurons.errors import HarnessError
     from langneurons.experiment import run_experiment
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        result = run_experiment(OmegaConf.to_container(cfg, resolve=True), run_dir)
+        result = run_experiment(OmegaConf.to_container(cfg, resolve=True), run_dir,
+                                overrides=list(HydraConfig.get().overrides.task))
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(result.report())
+    if is_rank_zero():
+        print(result.report())
+
+
+def _check_resume(argv: list[str]) -> None:
+    """Before Hydra creates the run folder: a mistyped ``resume=`` path must not leave an empty run behind."""
+    for arg in argv:
+        if arg.startswith("resume="):
+            folder = Path(arg.split("=", 1)[1])
+            if arg != "resume=null" and not (folder / "run.json").is_file():
+                print(f"error: resume={folder} is not a run folder of this harness (no run.json in it): "
+                      "give resume=outputs/<date>/<time>", file=sys.stderr)
+                sys.exit(2)
 
 
 if __name__ == "__main__":
+    _check_resume(sys.argv[1:])
     main()

@@ -1,6 +1,5 @@
 """Every option of every config group composes, and the composed config means what the README says."""
 
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -9,7 +8,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, run_train
 
 CONF = ROOT / "conf"
-GROUPS = ["model", "alignment", "trainer", "data", "logger"]
+GROUPS = ["model", "alignment", "trainer", "data", "logger", "scorer", "neurons", "eval"]
 
 
 def options(group: str) -> list[str]:

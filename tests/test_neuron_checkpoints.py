@@ -73,3 +73,31 @@ def test_a_run_records_neurons_and_accuracy_for_every_probe_language_at_every_ch
         assert checkpoints[4][f"neurons/specific/{lang}"] == saved["lang_type_counts"][lang]["specific"]
     artifacts = [r for r in inspect_records(offline_runs(tmp_path)[0]) if r.get("type") == "artifact"]
     assert artifacts
+
+
+def test_step_zero_statistics_can_come_from_an_existing_folder(tmp_path):
+    # statistics "measured earlier" on the base: languages stored in another order than the probe languages
+    langs = tuple(reversed(PAPER_LANGS))
+    counts = torch.randint(0, 50, (4, 256, len(langs)), generator=torch.Generator().manual_seed(0))
+    given = NeuronStats(counts=counts, tokens=torch.full((len(langs),), 60), langs=langs)
+    given.save(tmp_path / "base-stats")
+    run_dir = tmp_path / "run"
+    out = run_train(f"hydra.run.dir={run_dir}", "trainer.max_steps=2", "neurons.every_n_steps=2", "data.n=4",
+                    "alignment.questions.n=16", "trainer.save_steps=0", "eval.max_new_tokens=8", "logger=none",
+                    f"neurons.start_stats={tmp_path / 'base-stats'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    step0 = NeuronStats.load(run_dir / "neurons" / "step-0")
+    assert step0.langs == PAPER_LANGS and torch.equal(step0.counts, given.select(PAPER_LANGS).counts)
+    assert step0.metadata["probe"] == {"kind": "start_stats", "source": str(tmp_path / "base-stats")}
+    # later checkpoints are measured on the model as usual
+    assert not torch.equal(NeuronStats.load(run_dir / "neurons" / "step-2").counts, step0.counts)
+
+
+def test_start_statistics_of_another_model_are_refused_with_the_shapes(shared_data, tmp_path):
+    out = run_train(f"hydra.run.dir={tmp_path}", "trainer.max_steps=2", "data.n=4", "alignment.questions.n=16",
+                    "trainer.save_steps=0", "eval.max_new_tokens=4", "logger=none",
+                    f"neurons.start_stats={shared_data / 'reference-mistral-mgsm'}")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: neurons.start_stats={shared_data / 'reference-mistral-mgsm'} has 32 layers x 14336 units, the model "
+        "4 x 256: give statistics of this model's base")

@@ -41,6 +41,9 @@ def test_multirun_makes_one_wandb_run_per_job_in_one_group(tmp_path):
     assert sorted(s["name"] for s in summaries) == ["tiny-dpo-sw", "tiny-dpo-zh"]
     assert len({s["run_id"] for s in summaries}) == 2
     assert all(s["state"] == "finished" and "train/loss" in s["summary"] for s in summaries)
+    # ... all in one group (the run record carries it; the summary does not)
+    groups = [next(r["run"]["run_group"] for r in inspect_records(run) if r.get("type") == "run") for run in runs]
+    assert groups == ["tiny-dpo", "tiny-dpo"]
 
 
 def test_sft_on_several_languages_trains(tmp_path):

@@ -1,7 +1,16 @@
-"""Alignment fine-tuning with TRL + PEFT: the training set of each method and the trainer that runs it."""
+"""Alignment fine-tuning with TRL + PEFT: the training set of each method and the trainer that runs it.
+
+Methods: ``dpo`` (preference pairs: a user's file or correctness pairs), ``sft`` (gold answers or a user's file),
+``mapo`` (DPO on MAPO pairs built from the policy's own samples, see ``data/mapo.py``) and ``qalign`` (SFT on
+question translation, see ``data/qalign.py``).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -10,9 +19,15 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from .data import correctness_pairs, load_jsonl, load_problems, sft_examples
+from .data import mapo, pairstore
+from .data.qalign import question_translation, translation_langs
 from .errors import HarnessError
+from .scoring import build_scorer, check_scorer_cfg, scorer_identity
 
-METHODS = ("dpo", "sft")
+METHODS = ("dpo", "sft", "mapo", "qalign")
+TRAINERS = {"dpo": "dpo", "mapo": "dpo", "sft": "sft", "qalign": "sft"}  # the TRL trainer each method runs
+
+log = logging.getLogger(__name__)
 
 
 def _method(alignment: Mapping[str, Any]) -> str:
@@ -22,21 +37,151 @@ def _method(alignment: Mapping[str, Any]) -> str:
     return method
 
 
-def training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: str, seed: int) -> Dataset:
+@dataclass
+class TrainingSet:
+    """What a method trains on; ``eval`` (held-out pairs) and ``stats`` (pair statistics) for MAPO only."""
+
+    train: Dataset
+    eval: Dataset | None = None
+    stats: dict[str, Any] | None = None
+
+
+def training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: str, seed: int, *,
+                 policy: Any = None, scorer: Mapping[str, Any] | None = None, out_dir: Path | None = None,
+                 policy_from_config: bool = False) -> TrainingSet:
     """The examples the chosen method trains on, for the aligned languages ``langs``.
 
     dpo: prompt/chosen/rejected (a user's JSONL, or correctness pairs built from ``alignment.questions``);
-    sft: prompt/completion (a user's JSONL, or the gold responses to ``alignment.questions``).
+    sft: prompt/completion (a user's JSONL, or the gold responses to ``alignment.questions``);
+    mapo: prompt/chosen/rejected sampled from ``policy`` (a ``LoadedModel``) and ranked by the ``scorer`` config;
+    qalign: prompt/completion, the question in each language -> the parallel English question.
+    ``out_dir``: where MAPO writes a copy of the pairs it trains on; ``policy_from_config``: the policy was built
+    from a config with random weights (``alignment.include_gold=auto`` then adds the gold answers).
     """
     method = _method(alignment)
+    if method == "mapo":
+        return mapo_training_set(alignment, langs, template, seed, policy=policy, scorer=scorer, out_dir=out_dir,
+                                 policy_from_config=policy_from_config)
+    if method == "qalign":
+        translated = translation_langs(langs)
+        problems = load_problems(alignment["questions"], ["en", *translated], template)
+        return TrainingSet(question_translation(problems, template, seed))
     if method == "dpo" and alignment.get("pairs"):
-        return load_jsonl(alignment["pairs"], ("prompt", "chosen", "rejected"))
+        return TrainingSet(load_jsonl(alignment["pairs"], ("prompt", "chosen", "rejected")))
     if method == "sft" and alignment.get("examples"):
-        return load_jsonl(alignment["examples"], ("prompt", "completion"))
+        return TrainingSet(load_jsonl(alignment["examples"], ("prompt", "completion")))
     problems = load_problems(alignment["questions"], langs, template)
-    return correctness_pairs(problems, seed) if method == "dpo" else sft_examples(problems, seed)
+    return TrainingSet(correctness_pairs(problems, seed) if method == "dpo" else sft_examples(problems, seed))
 
 
+# ---- MAPO ---------------------------------------------------------------------------------------------------------
+def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: str, seed: int, *,
+                      policy: Any, scorer: Mapping[str, Any] | None, out_dir: Path | None = None,
+                      policy_from_config: bool = False) -> TrainingSet:
+    """MAPO pairs for ``langs`` (English is the reference, not aligned): read from the pair cache when the same
+    inputs built them before, else sampled, scored, paired and stored. Raises a one-line error when no pair
+    could be built."""
+    if policy is None:
+        raise HarnessError("alignment=mapo samples answers from the model being aligned: pass the loaded policy")
+    check_scorer_cfg(scorer)
+    sampler_name = alignment.get("sampler", "hf")
+    if sampler_name not in ("hf", "vllm"):
+        raise HarnessError(f"unknown sampler {sampler_name!r}: use alignment.sampler=<hf|vllm>")
+    if sampler_name == "vllm":
+        mapo.require_vllm()
+    aligned = translation_langs(langs, "mapo")
+    if len(aligned) < len(langs):
+        log.info("MAPO aligns non-English languages to English: en is the reference, not a training language")
+    include_gold = _include_gold(alignment.get("include_gold", "auto"), policy_from_config)
+    if scorer.get("kind") == "translation" and not scorer.get("name_or_path") and not policy_from_config:
+        log.warning("MAPO: the scorer is a tiny translation model with random weights; its rewards rank a "
+                    "pretrained policy's answers at random. Use scorer=nllb for real runs.")
+    k = int(alignment["k"])
+    if k < 1:
+        raise HarnessError(f"alignment.k={k}: sample at least one answer per question")
+    parts = {
+        "format": mapo.FORMAT, "policy": {"id": policy.model_id,
+                                          "weights": pairstore.model_fingerprint(policy.model, policy.tokenizer)},
+        "questions": dict(alignment["questions"]), "langs": aligned, "template": template, "seed": seed,
+        "question_files": pairstore.folder_state(alignment["questions"].get("path")),
+        "sampling": {"sampler": sampler_name, "k": k, "temperature": float(alignment["temperature"]),
+                     "top_p": float(alignment.get("top_p", 1.0)), "max_new_tokens": int(alignment["max_new_tokens"]),
+                     "batch_size": int(alignment.get("sample_batch_size", 8))},
+        "include_gold": include_gold, "eval_fraction": float(alignment.get("eval_fraction", 0.1)),
+        "scorer": scorer_identity(scorer),
+    }
+    key = pairstore.cache_key(parts)
+    cache_dir = alignment.get("cache_dir")
+    pairs = pairstore.load(cache_dir, key) if cache_dir else None
+    hit = pairs is not None
+    where = pairstore.folder_for(cache_dir, key) if cache_dir else None
+    if hit:
+        print(f"MAPO: reusing cached preference pairs from {where}")
+    else:
+        pairs = _build_mapo_pairs(alignment, aligned, template, seed, policy, scorer, include_gold)
+        if cache_dir:
+            try:
+                where = pairstore.save(cache_dir, key, parts, pairs)
+            except OSError as e:  # the pairs are built: train on them, just do not keep them
+                where = None
+                log.warning("MAPO: could not cache the pairs in %s (%s); set alignment.cache_dir to a writable "
+                            "folder", cache_dir, e)
+        print(f"MAPO: built {len(pairs.train)} train / {len(pairs.eval)} eval preference pairs"
+              + (f", cached in {where}" if where else ", not cached"))
+    stats = {**pairs.stats, "cache": {"hit": hit, "path": str(where) if where else None, "key": key}}
+    if out_dir is not None:
+        pairstore.write(Path(out_dir), pairs)
+    if not pairs.train:
+        raise HarnessError(mapo.empty_reason(pairs.stats))
+    stats["reward_diff"] = [p["chosen_reward"] - p["rejected_reward"] for p in pairs.train]
+    return TrainingSet(train=Dataset.from_list(pairs.train).shuffle(seed=seed),
+                       eval=Dataset.from_list(pairs.eval) if pairs.eval else None, stats=stats)
+
+
+def _include_gold(value: Any, policy_from_config: bool) -> bool:
+    """``auto``: only for a model built from a config (random weights, nothing correct to sample yet)."""
+    if value == "auto":
+        return policy_from_config
+    if isinstance(value, bool):
+        return value
+    raise HarnessError(f"alignment.include_gold={value!r}: use true, false or auto")
+
+
+def _policy_device(model: torch.nn.Module) -> None:
+    """Sampling on a CPU is hopeless for real models: move the policy to this process's GPU first (the trainer
+    would put it there anyway)."""
+    if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
+
+
+def _build_mapo_pairs(alignment: Mapping[str, Any], aligned: Sequence[str], template: str, seed: int, policy: Any,
+                      scorer_cfg: Mapping[str, Any], include_gold: bool) -> mapo.PairSet:
+    problems = load_problems(alignment["questions"], ["en", *aligned], template)
+    scorer = build_scorer(scorer_cfg)  # before sampling: a scorer that cannot load fails in seconds, not hours
+    settings = dict(temperature=float(alignment["temperature"]), top_p=float(alignment.get("top_p", 1.0)),
+                    max_new_tokens=int(alignment["max_new_tokens"]), seed=seed)
+    with tempfile.TemporaryDirectory(prefix="mapo-policy-") as tmp:
+        if alignment.get("sampler", "hf") == "vllm":
+            path = getattr(policy.model, "name_or_path", "")
+            if not path:  # a model built in memory: vLLM loads from disk
+                policy.model.save_pretrained(tmp)
+                policy.tokenizer.save_pretrained(tmp)
+                path = tmp
+            sampler = mapo.VLLMSampler(path, **settings,
+                                       gpu_memory_utilization=float(alignment.get("vllm_gpu_memory", 0.4)))
+        else:
+            _policy_device(policy.model)
+            sampler = mapo.HFSampler(policy.model, policy.tokenizer,
+                                     batch_size=int(alignment.get("sample_batch_size", 8)), **settings)
+        pairs = mapo.build_pairs(problems, sampler, scorer, k=int(alignment["k"]), include_gold=include_gold,
+                                 eval_fraction=float(alignment.get("eval_fraction", 0.1)), seed=seed)
+    del scorer, sampler
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the translation model (and vLLM) are done: their memory goes to training
+    return pairs
+
+
+# ---- trainers -----------------------------------------------------------------------------------------------------
 def lora_config(lora: Mapping[str, Any]) -> LoraConfig:
     return LoraConfig(
         r=int(lora["r"]),
@@ -65,9 +210,13 @@ def build_trainer(
     seed: int,
     report_to: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
+    eval_dataset: Dataset | None = None,
 ):
-    """A TRL trainer (DPOTrainer or SFTTrainer) that trains a LoRA adapter on ``model``."""
-    method = _method(alignment)
+    """A TRL trainer (DPOTrainer for dpo/mapo, SFTTrainer for sft/qalign) that trains a LoRA adapter on ``model``.
+
+    ``eval_dataset`` (MAPO's held-out pairs) is evaluated every ``alignment.eval_steps`` steps when that is set.
+    """
+    method = TRAINERS[_method(alignment)]
     common: dict[str, Any] = dict(
         output_dir=str(output_dir),
         max_steps=int(trainer_cfg["max_steps"]),
@@ -91,15 +240,20 @@ def build_trainer(
         disable_tqdm=False,
         **_precision_flags(trainer_cfg["precision"]),
     )
+    evaluate = eval_dataset is not None and len(eval_dataset) > 0 and alignment.get("eval_steps")
+    if evaluate:
+        common.update(eval_strategy="steps", eval_steps=int(alignment["eval_steps"]),
+                      per_device_eval_batch_size=int(trainer_cfg["per_device_train_batch_size"]))
+    eval_kwargs = {"eval_dataset": eval_dataset} if evaluate else {}
     peft_config = lora_config(trainer_cfg["lora"])
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         args = DPOConfig(beta=float(alignment["beta"]), loss_type=[alignment.get("loss_type", "sigmoid")], **common)
         return DPOTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=list(callbacks))
+                          peft_config=peft_config, callbacks=list(callbacks), **eval_kwargs)
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(completion_only_loss=True, **common)
     return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                      peft_config=peft_config, callbacks=list(callbacks))
+                      peft_config=peft_config, callbacks=list(callbacks), **eval_kwargs)

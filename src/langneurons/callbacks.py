@@ -27,12 +27,14 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from . import evaluation
+from . import answer_language, evaluation
 from .errors import HarnessError
 from .metrics import load_math_accuracy
 from .neurons import GeneralRule, Identification, NeuronStats, collect_stats, identify, layer_distribution, make_batches
 from .neurons.dynamics import LANG_TYPES, lang_types, overlap, transitions
 from .neurons.forward import all_reduce_sum, distributed_world, is_main_process
+from .neurons.reference import load_stats
+from .distributed import rank_share, share_size
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class NeuronCheckpoint:
     stats: NeuronStats
     ident: Identification | None
     accuracy: dict[str, float]
+    answer_lang: dict[str, float]  # share of answers written in the asked language (empty: not checked)
     samples: list[dict[str, Any]]
     since_previous: dict[str, torch.Tensor] | None = None
     since_start: dict[str, torch.Tensor] | None = None
@@ -104,7 +107,7 @@ class NeuronCheckpointer:
         """Reload the history of a resumed run: step 0 and the latest checkpoint at or before ``up_to_step``.
         Checkpoints after it (written by the interrupted run past its last trainer save) are moved aside."""
         steps = self.saved_steps()
-        for step in [s for s in steps if s > up_to_step]:
+        for step in [s for s in steps if s > up_to_step and is_main_process()]:  # one rank moves, all read
             stale = self.out_dir / STEP_DIR.format(step=step)
             stale.rename(stale.with_name(f"{stale.name}.superseded-{int(time.time())}"))
         steps = [s for s in steps if s <= up_to_step]
@@ -116,34 +119,59 @@ class NeuronCheckpointer:
         return steps
 
     # ---- one checkpoint --------------------------------------------------------------------------------------------
+    # Under FSDP / ZeRO-3 every forward is a collective (parameters are gathered from all ranks), so every rank must
+    # run exactly as many forwards as the others or the job hangs. Ranks split the problems round-robin, so their
+    # shares differ by at most one row; each rank pads its share to the longest one (share_size) with rows whose
+    # results are dropped (answers cut off, count_mask cleared), so every rank makes the same number of generate
+    # calls and of probe batches. Inside generate, synced_gpus keeps the ranks stepping together until the longest
+    # answer on any rank is done. The padding never changes a result: summed over ranks the statistics and the
+    # accuracy are those of one process (tests/test_distributed.py).
     def _share(self, rows: Sequence[Any]) -> list[Any]:
         world = distributed_world()
-        return list(rows) if world == 1 else list(rows)[_rank()::world]
+        return list(rows) if world == 1 else rank_share(rows, _rank(), world)
 
     def _answers(self, model: torch.nn.Module, langs: Sequence[str]) -> dict[str, list[str]]:
         out = {}
+        world = distributed_world()
         for lang in langs:
             prompts = self._share(self.problems[lang]["prompt"])
+            real = len(prompts)
+            pad = share_size(len(self.problems[lang]), world) - real
+            if pad:
+                prompts += [self.problems[lang]["prompt"][0]] * pad
             out[lang] = evaluation.generate(
                 model, self.tokenizer, prompts, max_new_tokens=int(self.eval_cfg["max_new_tokens"]),
-                batch_size=int(self.eval_cfg["batch_size"]), progress=is_main_process(), desc=f"answering {lang}")
+                batch_size=int(self.eval_cfg["batch_size"]), progress=is_main_process(), desc=f"answering {lang}",
+                synced_gpus=True if world > 1 else None)[:real]
         return out
 
-    def _accuracy(self, answers: Mapping[str, list[str]]) -> dict[str, float]:
+    def _accuracy(self, answers: Mapping[str, list[str]]) -> tuple[dict[str, float], dict[str, float]]:
+        """Accuracy per evaluated language (+ avg), and the share of answers written in the asked language (empty
+        when ``eval.answer_lang=off``; with ``require`` an answer in another language counts as wrong)."""
         golds = {lang: self._share(self.problems[lang]["answer"]) for lang in self.eval_langs}
         metric = load_math_accuracy()
-        correct = torch.tensor([float(metric.compute(predictions=answers[lang], references=golds[lang])["correct"])
-                                for lang in self.eval_langs], dtype=torch.float64)
-        total = torch.tensor([float(len(golds[lang])) for lang in self.eval_langs], dtype=torch.float64)
+        mode = answer_language.check_mode(self.eval_cfg.get("answer_lang", "off"))
+        correct, in_lang = [], []
+        for lang in self.eval_langs:
+            predictions = list(answers[lang])
+            if mode != "off":
+                ok = answer_language.in_language(predictions, lang, self.eval_langs)
+                in_lang.append(float(sum(ok)))
+                if mode == "require":
+                    predictions = [p if good else "" for p, good in zip(predictions, ok)]
+            correct.append(float(metric.compute(predictions=predictions, references=golds[lang])["correct"]))
+        sums = [torch.tensor(correct, dtype=torch.float64), torch.tensor(in_lang, dtype=torch.float64),
+                torch.tensor([float(len(golds[lang])) for lang in self.eval_langs], dtype=torch.float64)]
         if distributed_world() > 1:
-            correct, total = all_reduce_sum([correct, total])
-        acc = {lang: float(c / t) if t else 0.0 for lang, c, t in zip(self.eval_langs, correct, total)}
+            sums = all_reduce_sum(sums)
+        correct_t, in_lang_t, total = sums
+        acc = {lang: float(c / t) if t else 0.0 for lang, c, t in zip(self.eval_langs, correct_t, total)}
         acc["avg"] = sum(acc.values()) / len(acc) if acc else 0.0
-        return acc
+        shares = {lang: float(k / t) if t else 0.0 for lang, k, t in zip(self.eval_langs, in_lang_t, total)}
+        return acc, shares
 
     def _probe_examples(self, answers: Mapping[str, list[str]]) -> tuple[list[tuple[str, str, str]], str]:
         probe = self.neurons.get("probe", "responses")
-        n = self.neurons.get("n")
         examples = []
         for lang in self.probe_langs:
             rows = self.problems[lang]
@@ -154,9 +182,44 @@ class NeuronCheckpointer:
                 texts = [" " + r for r in self._share(rows["response"])]
             else:  # plain text: the question itself, every token counted
                 prompts, texts = self._share(rows["question"]), [""] * len(prompts)
-            pairs = list(zip(prompts, texts))[: None if n is None else int(n)]
-            examples += [(p, t, lang) for p, t in pairs]
+            # the first n problems overall (as in one process), not n from every rank's share
+            keep = len(range(_rank(), self._probe_limit(lang), distributed_world()))
+            examples += [(p, t, lang) for p, t in list(zip(prompts, texts))[:keep]]
         return examples, ("all" if probe == "text" else "response")
+
+    def _probe_limit(self, lang: str) -> int:
+        n = self.neurons.get("n")
+        return len(self.problems[lang]) if n is None else min(int(n), len(self.problems[lang]))
+
+    def _padded_probe(self, examples: list[tuple[str, str, str]], count: str) -> list[dict[str, torch.Tensor]]:
+        """Probe batches of ``examples``, padded to as many rows (hence batches) as the longest rank's share; padded
+        rows have an empty count_mask, so they count nothing (count_mask marks every counted token, also for
+        count="all")."""
+        world = distributed_world()
+        rows = sum(share_size(self._probe_limit(lang), world) for lang in self.probe_langs)
+        real = len(examples)
+        first = self.probe_langs[0]
+        examples = examples + [(self.problems[first]["prompt"][0], "", first)] * (rows - real)
+        batch_size = int(self.neurons["batch_size"])
+        batches = make_batches(self.tokenizer, examples, self.probe_langs, count=count, batch_size=batch_size,
+                               max_length=self.neurons.get("max_length"))
+        for i in range(real, len(examples)):
+            batches[i // batch_size]["count_mask"][i % batch_size] = False
+        return batches
+
+    def _start_stats(self, model: torch.nn.Module, step: int) -> NeuronStats:
+        """Step 0's statistics read from ``neurons.start_stats`` (ours or the reference's format) instead of
+        counted: e.g. statistics already measured on the base model, such as the reference's released ones."""
+        source = Path(self.neurons["start_stats"])
+        stats = load_stats(source, self.probe_langs)
+        config = getattr(model, "config", None)
+        expected = (getattr(config, "num_hidden_layers", None), getattr(config, "intermediate_size", None))
+        if None not in expected and (stats.num_layers, stats.num_units) != expected:
+            raise HarnessError(f"neurons.start_stats={source} has {stats.num_layers} layers x {stats.num_units} units, "
+                               f"the model {expected[0]} x {expected[1]}: give statistics of this model's base")
+        stats.metadata = {**stats.metadata, "model_id": self.model_id, "step": step,
+                          "probe": {"kind": "start_stats", "source": str(source)}}
+        return stats
 
     def take(self, model: torch.nn.Module, step: int) -> NeuronCheckpoint:
         """Measure ``model`` at training step ``step`` (every rank must call this; only rank 0 writes)."""
@@ -164,16 +227,19 @@ class NeuronCheckpointer:
         answer_langs = list(dict.fromkeys([*self.eval_langs, *(
             self.probe_langs if self.neurons.get("probe", "responses") == "responses" else [])]))
         answers = self._answers(model, answer_langs)
-        accuracy = self._accuracy(answers)
-        examples, count = self._probe_examples(answers)
-        batches = make_batches(self.tokenizer, examples, self.probe_langs, count=count,
-                               batch_size=int(self.neurons["batch_size"]), max_length=self.neurons.get("max_length"))
-        stats = collect_stats(model, batches, self.probe_langs, count=count, progress=is_main_process(), metadata={
-            "model_id": self.model_id, "step": step,
-            "probe": {"kind": self.neurons.get("probe", "responses"), "count": count,
-                      "problems_per_lang": {lang: len(self.problems[lang]) for lang in self.probe_langs}},
-        })
-        ckpt = NeuronCheckpoint(step=step, stats=stats, ident=None, accuracy=accuracy,
+        accuracy, in_lang = self._accuracy(answers)
+        if step == 0 and self.neurons.get("start_stats"):
+            stats = self._start_stats(model, step)
+        else:
+            examples, count = self._probe_examples(answers)
+            batches = self._padded_probe(examples, count)
+            # count="response" counts exactly the count_mask, which _padded_probe cleared on padding rows
+            metadata = {"model_id": self.model_id, "step": step, "count": count,
+                        "probe": {"kind": self.neurons.get("probe", "responses"), "count": count,
+                                  "problems_per_lang": {lang: len(self.problems[lang]) for lang in self.probe_langs}}}
+            stats = collect_stats(model, batches, self.probe_langs, count="response", progress=is_main_process(),
+                                  metadata=metadata)
+        ckpt = NeuronCheckpoint(step=step, stats=stats, ident=None, accuracy=accuracy, answer_lang=in_lang,
                                 samples=self._samples(answers))
         if bool((stats.tokens == 0).any()):
             empty = [lang for lang, t in zip(stats.langs, stats.tokens.tolist()) if t == 0]
@@ -214,7 +280,8 @@ class NeuronCheckpointer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         ckpt.stats.save(tmp)
-        record: dict[str, Any] = {"step": ckpt.step, "accuracy": ckpt.accuracy, "seconds": ckpt.seconds,
+        record: dict[str, Any] = {"step": ckpt.step, "accuracy": ckpt.accuracy, "answer_lang": ckpt.answer_lang,
+                                  "seconds": ckpt.seconds,
                                   "notes": ckpt.notes, "samples": ckpt.samples}
         if ckpt.ident is not None:
             ckpt.ident.save(tmp)
@@ -234,13 +301,20 @@ class NeuronCheckpointer:
 
 
 class NeuronCheckpointCallback(TrainerCallback):
-    """Drives a :class:`NeuronCheckpointer` from the Trainer: step 0, every ``every_n_steps``, and the end."""
+    """Drives a :class:`NeuronCheckpointer` from the Trainer: step 0, every ``every_n_steps``, and the end.
+
+    On a step where the Trainer also saves, the neuron checkpoint is taken right *after* the trainer checkpoint
+    (``on_save``), so the two always agree: a crash in between leaves a trainer checkpoint without its neuron
+    checkpoint, and the resumed run takes exactly that one again, from the same weights. With
+    ``every_n_steps`` a multiple of ``trainer.save_steps`` a resumed run repeats no checkpoint step and misses none.
+    """
 
     def __init__(self, checkpointer: NeuronCheckpointer, every_n_steps: int, on_checkpoint=None):
         self.checkpointer = checkpointer
-        self.every = int(every_n_steps)
+        self.every = int(every_n_steps or 0)
         self.on_checkpoint = on_checkpoint  # called on rank 0 with each NeuronCheckpoint (the tracker's hook)
         self.taken: set[int] = set()
+        self.pending: int | None = None
 
     def _take(self, model: torch.nn.Module, step: int) -> None:
         if step in self.taken:
@@ -250,13 +324,25 @@ class NeuronCheckpointCallback(TrainerCallback):
         if self.on_checkpoint is not None and is_main_process():
             self.on_checkpoint(ckpt)
 
+    def _due(self, step: int) -> bool:
+        return step == 0 or (self.every > 0 and step % self.every == 0)
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step > 0:  # resumed: continue the saved history instead of starting a new one
             self.taken.update(self.checkpointer.restore(state.global_step))
-        self._take(model, state.global_step)
+        if self._due(state.global_step):
+            self._take(model, state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.every > 0 and state.global_step % self.every == 0:
+        if self._due(state.global_step):
+            if control.should_save:
+                self.pending = state.global_step
+            else:
+                self._take(model, state.global_step)
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if self.pending == state.global_step:
+            self.pending = None
             self._take(model, state.global_step)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):

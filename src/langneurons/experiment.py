@@ -10,14 +10,16 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
-from . import languages, tracking
+from . import distributed, languages, tracking
 from .alignment import build_trainer, training_set
 from .callbacks import NeuronCheckpointCallback, NeuronCheckpointer
 from .data import load_problems
 from .data.synthetic import SYNTHETIC_LANGS
+from .errors import HarnessError
 from .modeling import LoadedModel, build_tiny_model, build_tokenizer, load_pretrained
+from .resume import last_trainer_checkpoint, resumed_config, write_record
 
 
 @dataclass
@@ -47,40 +49,72 @@ def tiny_tokenizer_corpus(template: str, n: int = 400, seed: int = 1234) -> Iter
 
 
 def load_model(model_cfg: Mapping[str, Any], seed: int) -> LoadedModel:
-    """The model a config names: the built-in tiny model when ``name_or_path`` is null, else a real one."""
+    """The model a config names: a real one when ``name_or_path`` is set, else the built-in tiny model: the base
+    the harness pretrains on its generated problems (built once per config, then loaded from the cache; the same
+    for every run ``seed``), or random weights seeded by ``seed`` when ``model.pretrain.enabled`` is false."""
     if model_cfg.get("name_or_path"):
         return load_pretrained(str(model_cfg["name_or_path"]), dtype=model_cfg.get("dtype", "auto"),
                                revision=model_cfg.get("revision"),
                                trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
-    tokenizer = build_tokenizer(tiny_tokenizer_corpus(model_cfg["prompt_template"]), model_cfg["vocab_size"])
+    if (model_cfg.get("pretrain") or {}).get("enabled", False):
+        from .base import tiny_base
+
+        return tiny_base(model_cfg)
+    tokenizer = build_tokenizer(tiny_tokenizer_corpus(model_cfg["prompt_template"]), model_cfg["vocab_size"],
+                                split_digits=bool(model_cfg.get("split_digits", False)))
     model = build_tiny_model(model_cfg["arch"], tokenizer, seed=seed)
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=f"tiny-llama-{model.num_parameters()}")
 
 
-def run_experiment(cfg: Mapping[str, Any], run_dir: Path) -> RunResult:
-    """Run the alignment ``cfg`` describes, writing everything under ``run_dir``."""
+def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] = ()) -> RunResult:
+    """Run the alignment ``cfg`` describes, writing everything under ``run_dir``.
+
+    ``overrides`` are the command-line overrides that made ``cfg`` (kept in ``run.json`` for ``resume``). With
+    ``cfg["resume"]`` set to ``run_dir`` it continues that run in place: its saved config, its latest trainer
+    checkpoint, its W&B run and its neuron history.
+    """
     import datasets
     from transformers import set_seed
 
     datasets.disable_progress_bars()
+    # Under accelerate launch every process runs Hydra itself: all of them must write into rank 0's folder.
+    run_dir = distributed.shared_run_dir(Path(run_dir))
+    record: dict[str, Any] = {}
+    resume_from = None
+    if cfg.get("resume"):
+        if Path(cfg["resume"]).resolve() != run_dir.resolve():
+            raise HarnessError(f"resume={cfg['resume']} must be the run's own folder (got {run_dir}): resume single "
+                               "runs, not multiruns")
+        cfg, record = resumed_config(cfg, run_dir, overrides)
+        resume_from = last_trainer_checkpoint(run_dir)
     seed = int(cfg["seed"])
     set_seed(seed)
-    run_dir = Path(run_dir)
     aligned = languages.resolve(cfg["lang"])
     probe = languages.resolve(cfg["probe_langs"])
     evaluated = languages.resolve(cfg["eval_langs"])
     template = cfg["model"]["prompt_template"]
     eval_problems = load_problems(cfg["data"], list(dict.fromkeys([*evaluated, *probe])), template)
-    train_set = training_set(cfg["alignment"], aligned, template, seed)
-    loaded = load_model(cfg["model"], seed)
-    if not cfg["model"].get("name_or_path"):
+    base_dir = run_dir / "base_model"
+    if resume_from is not None and base_dir.is_dir():  # the very base the run started from
+        loaded = load_pretrained(str(base_dir), dtype=cfg["model"].get("dtype", "auto"))
+        loaded.model_id = record.get("model_id") or loaded.model_id
+    else:
+        loaded = load_model(cfg["model"], seed)
+    if not cfg["model"].get("name_or_path") and resume_from is None and distributed.is_rank_zero():
         # The tiny model's random base is part of the result: keep it so the adapter can be reloaded later.
         loaded.model.save_pretrained(run_dir / "base_model")
         loaded.tokenizer.save_pretrained(run_dir / "base_model")
+    # MAPO samples answers from the policy, so the training set is built once the model is loaded.
+    data = training_set(cfg["alignment"], aligned, template, seed, policy=loaded, scorer=cfg.get("scorer"),
+                        out_dir=run_dir / "alignment", policy_from_config=not cfg["model"].get("name_or_path"))
+    train_set = data.train
 
     method = cfg["alignment"]["method"]
     identity = tracking.run_identity(cfg["model"]["preset"], method, aligned)
-    run = tracking.start_run(cfg["logger"], dict(cfg), run_dir, identity)
+    run = tracking.start_run(cfg["logger"], dict(cfg), run_dir, identity, run_id=record.get("wandb_id"))
+    if distributed.is_rank_zero():  # shared files are written by rank 0 only (W&B: see tracking.start_run)
+        write_record(run_dir, cfg, record.get("overrides", overrides), run.id if run is not None else None,
+                     model_id=loaded.model_id)
     exit_code = 1
     try:
         if run is not None:
@@ -88,6 +122,8 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path) -> RunResult:
                                        "eval_langs": list(evaluated), "model_id": loaded.model_id,
                                        "train_examples": len(train_set),
                                        "eval_problems": {k: len(v) for k, v in eval_problems.items()}}})
+        if resume_from is None:
+            tracking.log_pair_stats(run, data.stats)
         callbacks = []
         if cfg["neurons"].get("enabled", True):
             checkpointer = NeuronCheckpointer(
@@ -99,14 +135,15 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path) -> RunResult:
             callbacks.append(NeuronCheckpointCallback(checkpointer, cfg["neurons"]["every_n_steps"], logger))
         trainer = build_trainer(cfg["alignment"], cfg["trainer"], loaded.model, loaded.tokenizer, train_set,
                                 run_dir / "checkpoints", seed, report_to=["wandb"] if run is not None else [],
-                                callbacks=callbacks)
-        output = trainer.train()
+                                callbacks=callbacks, eval_dataset=data.eval)
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
         adapter_dir = run_dir / "adapter"
         tmp = run_dir / "adapter.tmp"
-        trainer.save_model(str(tmp))
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        tmp.rename(adapter_dir)  # a crash while saving leaves the previous adapter intact
+        trainer.save_model(str(tmp))  # every rank: under FSDP / ZeRO-3 saving gathers the weights; rank 0 writes
+        if distributed.is_rank_zero():
+            if adapter_dir.exists():
+                shutil.rmtree(adapter_dir)
+            tmp.rename(adapter_dir)  # a crash while saving leaves the previous adapter intact
         exit_code = 0
     finally:
         wandb_dir = tracking.run_files_dir(run)

@@ -38,13 +38,19 @@ def resolve_dtype(name: str | None) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {name!r}: use auto, fp32, bf16 or fp16") from None
 
 
-def build_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tokenizer(corpus: Iterable[str], vocab_size: int = 1024,
+                    split_digits: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``corpus``: every script is covered (any byte is a token), and the
-    texts it was trained on compress well. Deterministic for a given corpus; needs no download."""
+    texts it was trained on compress well. Deterministic for a given corpus; needs no download.
+
+    ``split_digits``: every digit is its own token (as in Llama and Mistral tokenizers), so a model can learn
+    arithmetic digit by digit instead of memorising one token per number."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
 
+from .distributed import is_rank_zero
 from .errors import HarnessError
 
 STEP_KEY = "train/global_step"
@@ -51,8 +52,11 @@ def run_identity(model: str, method: str, langs: Sequence[str]) -> dict[str, Any
     }
 
 
-def start_run(logger: Mapping[str, Any], config: dict[str, Any], run_dir: Path, identity: Mapping[str, Any]):
-    """Start the job's W&B run in ``run_dir`` (or return None when logging is off)."""
+def start_run(logger: Mapping[str, Any], config: dict[str, Any], run_dir: Path, identity: Mapping[str, Any],
+              run_id: str | None = None):
+    """Start the job's W&B run in ``run_dir`` (or return None when logging is off); with ``run_id``, continue that
+    run (a resumed job: online it appends to the same run, offline it writes a second file with the same id, which
+    ``wandb sync`` uploads into that run)."""
     if logger.get("backend", "wandb") == "none":
         return None
     if logger.get("backend") != "wandb":
@@ -60,6 +64,8 @@ def start_run(logger: Mapping[str, Any], config: dict[str, Any], run_dir: Path, 
     import wandb
 
     mode = resolve_mode(logger.get("mode"))
+    if not is_rank_zero():  # one run per job: under accelerate launch only rank 0 talks to W&B
+        return None
     run_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
         project=logger.get("project") or "langneurons",
@@ -71,6 +77,8 @@ def start_run(logger: Mapping[str, Any], config: dict[str, Any], run_dir: Path, 
         dir=str(run_dir),
         mode=mode,
         job_type="align",
+        id=run_id,
+        resume="allow" if run_id else None,
         reinit="finish_previous",
         settings=wandb.Settings(silent=True),
     )
@@ -152,6 +160,7 @@ class CheckpointLogger:
 
         data: dict[str, Any] = {STEP_KEY: ckpt.step}
         data.update({f"eval/acc/{lang}": value for lang, value in ckpt.accuracy.items()})
+        data.update({f"eval/answer_lang/{lang}": value for lang, value in ckpt.answer_lang.items()})
         data["eval/samples"] = wandb.Table(columns=["step", "lang", "id", "question", "answer", "gold"], data=[
             [ckpt.step, s["lang"], s["id"], s["question"], s["answer"], s["gold"]] for s in ckpt.samples])
         if ckpt.ident is not None:
@@ -172,3 +181,38 @@ class CheckpointLogger:
                                  metadata={"step": ckpt.step, "accuracy": ckpt.accuracy})
             art.add_dir(str(ckpt.path))
             self.run.log_artifact(art, aliases=[f"step-{ckpt.step}"])
+
+
+# ---- MAPO pair statistics ---------------------------------------------------------------------------------------
+def pair_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
+    """Flat ``{key: value}`` of a MAPO pair set's statistics: pairs per split and language, questions that gave
+    pairs, the policy's share of correct samples per language, and the reward difference of training pairs."""
+    out: dict[str, float] = {}
+    for split, counts in stats["pairs"].items():
+        for lang, n in counts.items():
+            out[f"pairs/{split}/{lang}"] = n
+        out[f"pairs/{split}/total"] = sum(counts.values())
+    for lang, n in stats.get("questions_with_pairs", {}).items():
+        out[f"pairs/questions_with_pairs/{lang}"] = n
+    for lang, value in stats.get("correct_fraction", {}).items():
+        out[f"pairs/correct_fraction/{lang}"] = value
+    diffs = stats.get("reward_diff") or []
+    if diffs:
+        ordered = sorted(diffs)
+        out["pairs/reward_diff/mean"] = sum(diffs) / len(diffs)
+        out["pairs/reward_diff/median"] = ordered[len(ordered) // 2]
+        out["pairs/reward_diff/min"], out["pairs/reward_diff/max"] = ordered[0], ordered[-1]
+    out["pairs/cache_hit"] = int(bool(stats.get("cache", {}).get("hit")))
+    return out
+
+
+def log_pair_stats(run, stats: Mapping[str, Any] | None) -> None:
+    """Log a MAPO pair set's statistics once, at step 0, with the reward differences as a histogram."""
+    if run is None or not stats:
+        return
+    import wandb
+
+    data: dict[str, Any] = {STEP_KEY: 0, **pair_metrics(stats)}
+    if stats.get("reward_diff"):
+        data["pairs/reward_diff/histogram"] = wandb.Histogram(stats["reward_diff"])
+    run.log(data)

@@ -31,6 +31,34 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "langneurons.analysis.identify:run",
         "identify language-specific / related / general neurons in activation statistics (ours or the reference's)",
     ),
+    "report": Subcommand(
+        "langneurons.analysis.commands:report",
+        "every analysis of one or more runs: PNG figures, CSV tables and one self-contained report.html",
+    ),
+    "counts": Subcommand(
+        "langneurons.analysis.commands:counts",
+        "neuron counts per type over steps, per language and in total, runs overlaid, accuracy beside them",
+    ),
+    "stages": Subcommand(
+        "langneurons.analysis.commands:stages",
+        "per-layer distribution of specific / related / general neurons and the four stages located in it",
+    ),
+    "compare": Subcommand(
+        "langneurons.analysis.commands:compare",
+        "before -> after: change per layer and stage by type, neurons shared by N languages, overlap",
+    ),
+    "overlap": Subcommand(
+        "langneurons.analysis.commands:overlap",
+        "overlap of each language's neuron set across checkpoints, runs and probe sets",
+    ),
+    "spontaneous": Subcommand(
+        "langneurons.analysis.commands:spontaneous",
+        "trained vs untrained languages: change of specific / related neurons and of accuracy",
+    ),
+    "deactivate": Subcommand(
+        "langneurons.analysis.commands:deactivate",
+        "zero each language's neurons and measure perplexity (and accuracy) on every language: heatmaps",
+    ),
 }
 
 
@@ -54,7 +82,8 @@ def compose(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, An
     path = conf_dir / f"{name}.yaml"
     if not path.is_file():
         raise HarnessError(f"no config {str(path)!r} for subcommand {name!r}: the conf/analyze folder is incomplete")
-    known = list(OmegaConf.load(path).keys())
+    known = list(dict.fromkeys(key for f in config_files(conf_dir, name) for key in OmegaConf.load(f).keys()
+                               if key != "defaults"))
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as exc:
@@ -74,6 +103,15 @@ def compose(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, An
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def config_files(conf_dir: Path, name: str) -> list[Path]:
+    """The subcommand's YAML file and the shared files its defaults list includes (in that order)."""
+    from omegaconf import OmegaConf
+
+    path = conf_dir / f"{name}.yaml"
+    included = OmegaConf.load(path).get("defaults") or []
+    return [path, *(conf_dir / f"{entry}.yaml" for entry in included if isinstance(entry, str) and entry != "_self_")]
+
+
 def main(argv: Sequence[str], conf_dir: Path, prog: str = "analyze.py") -> int:
     """Run ``argv`` (subcommand and overrides); return the process exit code."""
     argv = list(argv)
@@ -86,7 +124,7 @@ def main(argv: Sequence[str], conf_dir: Path, prog: str = "analyze.py") -> int:
         print(f"{prog}: error: unknown subcommand {name!r}: choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     if any(arg in ("-h", "--help") for arg in overrides):
-        print(f"{sub.help}\n\n" + (conf_dir / f"{name}.yaml").read_text())
+        print(f"{sub.help}\n\n" + "\n".join(f.read_text() for f in config_files(conf_dir, name)))
         return 0
     try:
         result = sub.load()(compose(conf_dir, name, overrides))

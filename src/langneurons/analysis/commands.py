@@ -1,0 +1,169 @@
+"""The analysis subcommands behind ``analyze.py``: each takes its composed config (a plain dict, see
+conf/analyze/<name>.yaml), writes figures / tables / HTML into ``out`` when given, and returns a JSON-able digest."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from ..errors import HarnessError
+from .report import check_wandb, finish
+from .sections import (
+    change_section,
+    counts_section,
+    deactivation_section,
+    overlap_section,
+    overview_section,
+    run_pairs,
+    spontaneous_section,
+    stages_section,
+)
+from .sources import IdentifySettings, Run, load_run, load_runs
+
+
+def _step(value: Any) -> int | str:
+    if value in ("first", "last"):
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise HarnessError(f"step {value!r}: use first, last or a step number") from None
+
+
+def _runs(cfg: Mapping[str, Any], key: str = "runs") -> list[Run]:
+    specs = cfg.get(key)
+    if isinstance(specs, str):
+        specs = [specs]
+    return load_runs(specs or [], IdentifySettings.from_cfg(cfg), labels=cfg.get("labels"),
+                     reidentify=bool(cfg.get("reidentify")), cache=cfg.get("cache"), trained=cfg.get("trained"))
+
+
+def _deactivation_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    langs = cfg.get("langs")
+    return {"model": cfg.get("model"), "adapter": cfg.get("adapter"), "data": cfg.get("data"), "n": cfg.get("n"),
+            "modes": tuple(cfg.get("modes") or ("specific", "specific+related", "all")),
+            "deactivated": None if langs is None else tuple([langs] if isinstance(langs, str) else langs),
+            "accuracy": bool(cfg.get("accuracy")), "batch_size": int(cfg.get("batch_size") or 8),
+            "max_new_tokens": int(cfg.get("max_new_tokens") or 64)}
+
+
+def report(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every analysis on ``runs``: counts, stages, before -> after, overlaps, spontaneous alignment (and
+    deactivation when ``deactivation.enabled``), as PNGs, CSVs and one HTML page."""
+    started = time.perf_counter()
+    runs = _runs(cfg)
+    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
+    step, before, after = _step(cfg.get("step", "last")), _step(cfg.get("before", "first")), _step(cfg.get("after",
+                                                                                                      "last"))
+    for run in runs:  # a step a run lacks is a typo: say so before any work
+        for which in (step, before, after):
+            run.checkpoint(which)
+    sections = [counts_section(runs), stages_section(runs, step), change_section(run_pairs(runs, before, after)),
+                overlap_section(runs), spontaneous_section(runs, before, after)]
+    deactivation = dict(cfg.get("deactivation") or {})
+    if deactivation.get("enabled"):
+        sections.append(deactivation_section(runs, _step(deactivation.get("step") or step),
+                                             **_deactivation_options(deactivation)))
+    # last, so that it holds the notes of checkpoints identified along the way
+    sections.insert(0, overview_section(runs))
+    result = finish(sections, runs, cfg, "report", started, mode)
+    result["stages"] = {label: d["stages"] for label, d in sections[2].data.items()}
+    return result
+
+
+def counts(cfg: dict[str, Any]) -> dict[str, Any]:
+    """(a) neuron counts per type and accuracy over steps."""
+    started = time.perf_counter()
+    runs = _runs(cfg)
+    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
+    section = counts_section(runs)
+    result = finish([overview_section(runs), section], runs, cfg, "counts", started, mode)
+    result["counts"] = section.data
+    return result
+
+
+def stages(cfg: dict[str, Any]) -> dict[str, Any]:
+    """(b) the layer distribution and the four stages at one checkpoint of each source."""
+    started = time.perf_counter()
+    runs = _runs(cfg)
+    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
+    section = stages_section(runs, _step(cfg.get("step", "last")), bool(cfg.get("per_language", True)))
+    result = finish([section], runs, cfg, "stages", started, mode)
+    result["stages"] = section.data
+    if cfg.get("per_language", True) and section.tables:
+        table = section.tables[0]
+        result["per_language"] = {f"{r['run']}|{r['lang']}": " / ".join(str(r[c]) for c in table.columns[3:7])
+                                  for r in table.records() if r["lang"] != "all"}
+    return result
+
+
+def compare(cfg: dict[str, Any]) -> dict[str, Any]:
+    """(c) before -> after: ``before`` (its first checkpoint unless ``@step``) against ``after`` (its last)."""
+    started = time.perf_counter()
+    settings = IdentifySettings.from_cfg(cfg)
+    options = {"reidentify": bool(cfg.get("reidentify")), "cache": cfg.get("cache")}
+    before_run = load_run(cfg["before"], settings, **options)
+    after_run = load_run(cfg["after"], settings, **options)
+    runs = [before_run, after_run]
+    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
+    b, a = before_run.checkpoint("first"), after_run.checkpoint("last")
+    label = (before_run.label if before_run.source.split("@")[0] == after_run.source.split("@")[0]
+             else f"{before_run.label} -> {after_run.label}")
+    change = change_section([(label, b, a)])
+    overlap = overlap_section([], extra=[(f"before: {before_run.label}@{b.step}", b.ident),
+                                         (f"after: {after_run.label}@{a.step}", a.ident)])
+    result = finish([change, overlap], runs, cfg, "compare", started, mode)
+    result["change"] = change.data.get(label, {})
+    pairs = overlap.tables[0].records() if overlap.tables else []
+    result["overlap"] = {r["lang"]: r["jaccard"] for r in pairs}
+    return result
+
+
+def overlap(cfg: dict[str, Any]) -> dict[str, Any]:
+    """(d) overlap of each language's neuron set across checkpoints and between runs."""
+    started = time.perf_counter()
+    runs = _runs(cfg)
+    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
+    section = overlap_section(runs)
+    result = finish([overview_section(runs), section], runs, cfg, "overlap", started, mode)
+    steps = next((t for t in section.tables if t.name == "overlap_steps"), None)
+    if steps is not None:
+        last = {}
+        for r in steps.records():
+            last.setdefault(r["run"], {})[r["lang"]] = r["vs first"]  # the last step's value wins
+        result["last_vs_first"] = last
+    result.update({f"between_runs_{k}": v for k, v in section.data.items()})
+    return result
+
+
+def spontaneous(cfg: dict[str, Any]) -> dict[str, Any]:
+    """(e) trained vs untrained languages: change of specific / related neurons and accuracy."""
+    started = time.perf_counter()
+    runs = _runs(cfg)
+    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
+    section = spontaneous_section(runs, _step(cfg.get("before", "first")), _step(cfg.get("after", "last")))
+    result = finish([section], runs, cfg, "spontaneous", started, mode)
+    result["spontaneous"] = section.data
+    return result
+
+
+def deactivate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """(f) deactivation heatmaps for one checkpoint of ``source``."""
+    started = time.perf_counter()
+    run = load_run(cfg["source"], IdentifySettings.from_cfg(cfg), reidentify=bool(cfg.get("reidentify")),
+                   cache=cfg.get("cache"))
+    mode = check_wandb(cfg.get("wandb"), [run], cfg.get("out"))
+    section = deactivation_section([run], _step(cfg.get("step", "last")), **_deactivation_options(cfg))
+    if run.label not in section.data:
+        raise HarnessError(section.notes[-1] if section.notes else f"{run.label}: deactivation failed")
+    result = finish([section], [run], cfg, "deactivate", started, mode)
+    data = section.data[run.label]
+    digest = {}
+    for m in data["modes"]:
+        own = [data["ppl"][m][a][a] / data["baseline"][a] for a in data["deactivated"] if a in data["langs"]]
+        other = [data["ppl"][m][a][b] / data["baseline"][b] for a in data["deactivated"] for b in data["langs"]
+                 if b != a]
+        digest[m] = {"ratio_own_language": sum(own) / len(own) if own else None,
+                     "ratio_other_languages": sum(other) / len(other) if other else None}
+    result.update(step=data["step"], baseline=data["baseline"], deactivation=digest)
+    return result

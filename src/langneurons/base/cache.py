@@ -1,0 +1,207 @@
+"""The pretrained tiny base on disk: built once per configuration, then reused.
+
+An entry is ``<cache_dir>/<key>/`` (weights, tokenizer, ``pretrain.json``), where ``key`` hashes everything the
+weights depend on: architecture, tokenizer settings, prompt template, the pretrain block (corpus, steps, lr, seed),
+a fingerprint of the generated texts, this module's build version and the versions of torch, transformers and
+tokenizers. An entry is built in a temporary folder beside it and renamed into place, so a crash never leaves a
+half-written entry; a lock file makes a second process (another rank, a parallel run) wait for the first
+build instead of repeating it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from ..errors import HarnessError
+from ..modeling import LoadedModel, build_tiny_model, build_tokenizer
+from . import corpus as corpus_mod
+from .pretrain import pretrain
+
+log = logging.getLogger(__name__)
+
+# Bump when the build itself changes (loop, corpus, tokenizer recipe): old entries stop matching.
+BUILD_VERSION = 2
+MANIFEST = "pretrain.json"
+_TMP_PREFIX = ".tmp-"
+_STALE_TMP_SECONDS = 6 * 3600
+# Keys of the pretrain block that say where or whether, not what: they do not change the weights.
+_NOT_IN_KEY = ("enabled", "cache_dir", "log_every")
+# Documents of each language hashed into the key: edits to the generated texts or templates change the key.
+_FINGERPRINT_DOCS = 8
+_TOKENIZER_DOCS = 4000
+
+
+def tokenizer_documents(pre: Mapping[str, Any], template: str) -> list[corpus_mod.Document]:
+    """What the tokenizer learns its merges from: the corpus with each language's weight raised to
+    ``tokenizer_alpha`` (< 1 flattens the mix, as multilingual tokenizers upsample rare languages; 1 keeps it)."""
+    alpha = float(pre.get("tokenizer_alpha", 1.0))
+    mix = corpus_mod.check_mix(pre["corpus"]["mix"])
+    flat = {**pre["corpus"], "mix": {lang: w ** alpha for lang, w in mix.items() if w > 0}}
+    return corpus_mod.documents(flat, template, _TOKENIZER_DOCS, seed=int(pre["seed"]) + 1)
+
+
+def key_material(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything the pretrained weights depend on, as plain JSON values."""
+    pre = dict(model_cfg["pretrain"])
+    template = model_cfg["prompt_template"]
+    fingerprint = hashlib.sha256()
+    sample = {**pre["corpus"], "holdout": {"offset": 0, "n": 0},
+              "mix": {lang: 1 for lang in corpus_mod.check_mix(pre["corpus"]["mix"])}}
+    for doc in corpus_mod.documents(sample, template, _FINGERPRINT_DOCS * len(sample["mix"]), seed=0):
+        fingerprint.update(doc.text.encode())
+    return {
+        "build_version": BUILD_VERSION,
+        "arch": dict(model_cfg["arch"]),
+        "vocab_size": int(model_cfg["vocab_size"]),
+        "split_digits": bool(model_cfg.get("split_digits", False)),
+        "prompt_template": template,
+        "pretrain": {k: v for k, v in pre.items() if k not in _NOT_IN_KEY},
+        "texts": fingerprint.hexdigest()[:16],
+        "versions": {lib: version(lib) for lib in ("torch", "transformers", "tokenizers")},
+    }
+
+
+def cache_key(model_cfg: Mapping[str, Any]) -> str:
+    """The entry name of ``model_cfg``'s pretrained base: a short hash of :func:`key_material`."""
+    blob = json.dumps(key_material(model_cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_root(model_cfg: Mapping[str, Any]) -> Path:
+    raw = model_cfg["pretrain"].get("cache_dir")
+    if not raw:
+        raise HarnessError("model.pretrain.cache_dir is empty: give a folder for the pretrained tiny base "
+                           "(default ~/.cache/langneurons/tiny-base, or set LANGNEURONS_CACHE)")
+    return Path(os.path.expandvars(str(raw))).expanduser()
+
+
+def is_complete(entry: Path) -> bool:
+    return (entry / MANIFEST).is_file() and (entry / "config.json").is_file()
+
+
+def load_entry(entry: Path) -> LoadedModel:
+    """The base saved in cache entry ``entry`` (float32, eval mode)."""
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(entry))
+    model = LlamaForCausalLM.from_pretrained(str(entry), dtype=torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer,
+                       model_id=f"tiny-llama-{model.num_parameters()}-base-{entry.name[:8]}")
+
+
+def tiny_base(model_cfg: Mapping[str, Any], *, progress: bool = True) -> LoadedModel:
+    """The pretrained tiny base ``model_cfg`` describes: loaded from the cache, or built (once) and cached."""
+    root = cache_root(model_cfg)
+    key = cache_key(model_cfg)
+    entry = root / key
+    if is_complete(entry):
+        log.info("tiny base: reusing the cached pretrained model %s", entry)
+        return load_entry(entry)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HarnessError(f"model.pretrain.cache_dir={root} cannot be created ({e.strerror}): point it (or "
+                           "LANGNEURONS_CACHE) at a writable folder") from None
+    with _lock(root / f"{key}.lock"):
+        if is_complete(entry):  # another process built it while this one waited
+            log.info("tiny base: reusing the pretrained model another process just built, %s", entry)
+            return load_entry(entry)
+        _remove_stale_tmp(root)
+        log.info("tiny base: pretraining it once for this configuration (a few minutes on a CPU; cached in %s)",
+                 entry)
+        build(model_cfg, entry, progress=progress)
+    return load_entry(entry)
+
+
+def build(model_cfg: Mapping[str, Any], entry: Path, *, progress: bool = True) -> Path:
+    """Pretrain the base ``model_cfg`` describes and save it as cache entry ``entry`` (atomically)."""
+    pre = model_cfg["pretrain"]
+    tmp = entry.with_name(f"{_TMP_PREFIX}{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    tmp.mkdir(parents=True)
+    try:
+        started = time.perf_counter()
+        steps, batch_size = int(pre["steps"]), int(pre["batch_size"])
+        docs = corpus_mod.documents(pre["corpus"], model_cfg["prompt_template"], steps * batch_size,
+                                    seed=int(pre["seed"]))
+        # Parts one by one: no merge may span a prompt and its answer (TRL tokenizes them joined, evaluation apart).
+        tokenizer = build_tokenizer((part for d in tokenizer_documents(pre, model_cfg["prompt_template"])
+                                     for part in d.parts),
+                                    int(model_cfg["vocab_size"]),
+                                    split_digits=bool(model_cfg.get("split_digits", False)))
+        model = build_tiny_model(model_cfg["arch"], tokenizer, seed=int(pre["seed"]))
+        with torch.random.fork_rng(devices=[]), _threads(pre.get("threads")):
+            torch.manual_seed(int(pre["seed"]))
+            report = pretrain(model, tokenizer, docs, pre, progress=progress)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        manifest = {"key": entry.name, "material": key_material(model_cfg), "report": report.to_dict(),
+                    "build_seconds": round(time.perf_counter() - started, 2)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        try:
+            tmp.rename(entry)
+        except OSError:
+            if not is_complete(entry):  # not "someone else finished first": a real failure
+                raise
+        log.info("tiny base: pretrained in %.0f s (final loss %.3f), saved to %s", manifest["build_seconds"],
+                 report.final_loss, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (None: leave them). Float sums depend on how work is split
+    across threads, so a fixed count makes the build repeat bit for bit on any machine of the same CPU kind."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` for the block (released by the OS if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): concurrent builders each build; the rename keeps one
+        yield
+        return
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("tiny base: another process is building it; waiting for %s", path)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Temporary folders of builds that crashed long ago (a running build's folder is younger)."""
+    now = time.time()
+    for path in root.glob(f"{_TMP_PREFIX}*"):
+        try:
+            if now - path.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass

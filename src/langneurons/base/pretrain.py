@@ -1,0 +1,121 @@
+"""Pretraining the tiny base model from scratch on CPU: a plain torch loop (next-token loss on whole documents).
+
+A plain loop rather than the Trainer: for a model this small the Trainer's per-step overhead is a large share of
+the step, and nothing here needs its features (no checkpoints: a build is short and cached as a whole).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .corpus import Document
+
+# Batches are cut from windows of this many batches sorted by length, so a batch holds documents of similar
+# length (little padding) while the order of batches stays random.
+_WINDOW = 16
+
+
+@dataclass
+class PretrainReport:
+    steps: int
+    seconds: float
+    tokens: int
+    final_loss: float  # mean loss of the last 5% of steps
+    docs_per_lang: dict[str, int] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)  # loss every `log_every` steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "seconds": round(self.seconds, 2), "tokens": self.tokens,
+                "final_loss": self.final_loss, "docs_per_lang": self.docs_per_lang, "losses": self.losses}
+
+
+def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    out = []
+    for start in range(0, len(order), batch_size * _WINDOW):
+        window = sorted(order[start:start + batch_size * _WINDOW], key=lambda i: lengths[i])
+        out += [window[j:j + batch_size] for j in range(0, len(window), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def tokenize(tokenizer: Any, docs: Sequence[Document], max_length: int) -> list[list[int]]:
+    """Token ids of every document: its parts tokenized separately and joined, then the end-of-sequence token
+    (so generation learns where an answer stops); cut to ``max_length``."""
+    width = max(len(d.parts) for d in docs)
+    columns = [[d.parts[i] if i < len(d.parts) else "" for d in docs] for i in range(width)]
+    encoded = [tokenizer(col, add_special_tokens=False)["input_ids"] for col in columns]
+    eos = tokenizer.eos_token_id
+    return [[t for col in encoded for t in col[row]][:max_length - 1] + [eos] for row in range(len(docs))]
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to ``floor`` of the peak at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def pretrain(model: torch.nn.Module, tokenizer: Any, docs: Sequence[Document], cfg: Mapping[str, Any], *,
+             progress: bool = True, on_step: Callable[[int], None] | None = None) -> PretrainReport:
+    """Train ``model`` in place for ``cfg["steps"]`` steps of ``cfg["batch_size"]`` documents (every document
+    used once: ``len(docs)`` must be ``steps * batch_size``), next-token loss on every document token.
+
+    ``cfg`` keys: steps, batch_size, lr, warmup_steps, weight_decay, max_length, seed, log_every.
+    """
+    steps, batch_size = int(cfg["steps"]), int(cfg["batch_size"])
+    max_length = int(cfg["max_length"])
+    ids = tokenize(tokenizer, docs, max_length)
+    rng = random.Random(f"langneurons-pretrain-order/{cfg['seed']}")
+    batches = _batches([len(s) for s in ids], batch_size, rng)[:steps]
+    lr = float(cfg["lr"])
+    warmup = int(cfg.get("warmup_steps", 0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98),
+                                  weight_decay=float(cfg.get("weight_decay", 0.0)))
+    log_every = max(1, int(cfg.get("log_every", 50)))
+    pad = tokenizer.pad_token_id
+    losses: list[float] = []
+    tail: list[float] = []
+    tokens = 0
+    started = time.perf_counter()
+    model.train()
+    bar = tqdm(batches, desc="pretraining the tiny base", unit="step", disable=not progress, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        width = max(len(ids[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
+            mask[row, :len(ids[i])] = 1
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_factor(step, steps, warmup)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=input_ids.masked_fill(mask == 0, -100)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += int(mask.sum())
+        value = float(loss.detach())
+        if step >= steps - max(1, steps // 20):
+            tail.append(value)
+        if step % log_every == 0 or step == steps - 1:
+            losses.append(round(value, 4))
+            bar.set_postfix(loss=f"{value:.3f}")
+        if on_step is not None:
+            on_step(step)
+    model.eval()
+    per_lang: dict[str, int] = {}
+    for d in docs:
+        key = d.lang or d.kind
+        per_lang[key] = per_lang.get(key, 0) + 1
+    return PretrainReport(steps=len(batches), seconds=time.perf_counter() - started, tokens=tokens,
+                          final_loss=round(sum(tail) / max(1, len(tail)), 4), docs_per_lang=per_lang, losses=losses)

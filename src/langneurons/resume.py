@@ -1,0 +1,100 @@
+"""Continuing an interrupted run in place: ``python train.py resume=<run dir>``.
+
+A run writes ``run.json`` into its folder when it starts: the resolved config, the command-line overrides and the
+W&B run id. Resuming reads it back, so the run continues with *its* config (not whatever ``conf/`` says today),
+from its latest trainer checkpoint, into the same W&B run; the neuron-checkpoint callback reloads its history
+(see ``NeuronCheckpointer.restore``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import HarnessError
+
+RECORD = "run.json"
+# Keys a resumed run may change: how far it trains and where it logs. Everything else must match the saved run,
+# or the neuron history and the W&B run would mix two experiments.
+MAY_CHANGE = ("resume", "trainer.max_steps", "logger.mode")
+
+
+def write_record(run_dir: Path, config: Mapping[str, Any], overrides: Sequence[str], wandb_id: str | None,
+                 model_id: str | None = None) -> Path:
+    """Save what a resume needs, atomically (a crash never leaves a half-written record)."""
+    path = Path(run_dir) / RECORD
+    tmp = path.with_name(path.name + ".tmp")
+    record = {"config": dict(config), "overrides": list(overrides), "wandb_id": wandb_id, "model_id": model_id}
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RECORD
+    if not Path(run_dir).is_dir():
+        raise HarnessError(f"cannot resume {run_dir}: no such folder (give resume=<the run's output folder>)")
+    if not path.is_file():
+        raise HarnessError(f"cannot resume {run_dir}: it has no {RECORD}, so it is not a run folder of this harness "
+                           "(give resume=<outputs/<date>/<time>>)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _select(cfg: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _assign(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = cfg
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def resumed_config(composed: Mapping[str, Any], run_dir: Path, overrides: Sequence[str]) -> tuple[dict, dict]:
+    """The config a resumed run continues with: the saved one, plus the overrides of ``MAY_CHANGE`` given now.
+
+    Any other override given on the command line must agree with the saved run; otherwise this stops with the
+    keys that differ and the command that resumes it. Returns (config, record).
+    """
+    record = read_record(run_dir)
+    saved = json.loads(json.dumps(record["config"]))  # a deep copy
+    conflicts = []
+    for key in dict.fromkeys(_override_key(o) for o in overrides):
+        new = _select(composed, key)
+        if key in MAY_CHANGE or any(key.startswith(k + ".") for k in MAY_CHANGE):
+            _assign(saved, key, new)
+        elif new != _select(saved, key):
+            conflicts.append(f"{key}: {_select(saved, key)!r} in the run, {new!r} now")
+    if conflicts:
+        original = " ".join(record.get("overrides") or [])
+        raise HarnessError(f"cannot resume {run_dir} with a different config ({'; '.join(conflicts)}); only "
+                           f"{', '.join(MAY_CHANGE[1:])} may change: python train.py {original} resume={run_dir}"
+                           .replace("  ", " "))
+    saved["resume"] = str(run_dir)
+    return saved, record
+
+
+def last_trainer_checkpoint(run_dir: Path) -> Path:
+    """The newest complete trainer checkpoint of a run (``checkpoints/checkpoint-<step>``).
+
+    The Trainer writes ``trainer_state.json`` last, so a folder without it is a save that a crash cut short."""
+    folder = Path(run_dir) / "checkpoints"
+    complete = [p for p in folder.glob("checkpoint-*")
+                if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()] if folder.is_dir() else []
+    if not complete:
+        raise HarnessError(f"cannot resume {run_dir}: no complete trainer checkpoint under {folder} (the run stopped "
+                           "before its first trainer.save_steps); start it again instead")
+    return max(complete, key=lambda p: int(p.name[11:]))
