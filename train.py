@@ -28,7 +28,7 @@ OmegaConf.register_new_resolver("run_dir", lambda resume, new: resume or new, re
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from langneurons.distributed import is_rank_zero
+    from langneurons.distributed import end_process_group, is_rank_zero
     from langneurons.errors import HarnessError
     from langneurons.experiment import run_experiment
 
@@ -41,6 +41,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     if is_rank_zero():
         print(result.report())
+    end_process_group()
 
 
 def _check_resume(argv: list[str]) -> None:

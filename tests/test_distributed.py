@@ -109,11 +109,12 @@ def test_every_rank_runs_the_same_forwards_and_the_ranks_sum_to_one_process(monk
 SHARED_DIR_SCRIPT = """
 import sys
 from pathlib import Path
-from langneurons.distributed import shared_run_dir, is_rank_zero
+from langneurons.distributed import end_process_group, shared_run_dir, is_rank_zero
 mine = Path(sys.argv[1])
 (mine / ".hydra").mkdir(parents=True)
 (mine / "train.log").write_text("")
-print("CHOSEN", shared_run_dir(mine), is_rank_zero())
+print("CHOSEN", shared_run_dir(mine), is_rank_zero(), flush=True)
+end_process_group()
 """
 
 

@@ -54,6 +54,15 @@ def start_process_group() -> None:
                            "set ACCELERATE_USE_CPU=true before accelerate launch")
 
 
+def end_process_group() -> None:
+    """Wait for every rank, then shut torch.distributed down. A process that exits with the group still up can abort
+    (gloo: "terminate called without an active exception") while another rank still talks to its store."""
+    dist = _dist()
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shared_run_dir(run_dir: Path) -> Path:
     """The run folder all processes of this job share: rank 0's. A folder Hydra made for another rank, holding
     nothing but Hydra's own files, is removed."""
