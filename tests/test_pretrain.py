@@ -151,14 +151,16 @@ def test_pretraining_lowers_the_loss_and_changes_the_weights(tmp_path):
 
 
 @pytest.mark.parametrize("template", ["plain", "mathoctopus"])
-def test_no_token_spans_a_prompt_and_its_answer(tmp_path, template):
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_no_token_spans_a_prompt_and_its_answer(tmp_path, template, pretrained):
     # TRL tokenizes prompt + answer joined, evaluation and the probes tokenize them apart: both must agree.
     from langneurons.data import load_problems
 
     cfg = micro_cfg(tmp_path)
     cfg["prompt_template"] = template
     cfg["vocab_size"] = 1024  # enough merges that one across the boundary would be learnt if it could be
-    tok = tiny_base(cfg, progress=False).tokenizer
+    cfg["pretrain"]["enabled"] = pretrained
+    tok = load_model(cfg, seed=0).tokenizer
     problems = load_problems({"source": "synthetic", "n": 20, "offset": 100000}, ["en", "sw", "zh"], template)
     for ds in problems.values():
         for row in ds:

@@ -56,12 +56,15 @@ def load_model(model_cfg: Mapping[str, Any], seed: int) -> LoadedModel:
         return load_pretrained(str(model_cfg["name_or_path"]), dtype=model_cfg.get("dtype", "auto"),
                                revision=model_cfg.get("revision"),
                                trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
-    if (model_cfg.get("pretrain") or {}).get("enabled", False):
-        from .base import tiny_base
+    if model_cfg.get("pretrain"):
+        from .base import base_tokenizer, tiny_base
 
-        return tiny_base(model_cfg)
-    tokenizer = build_tokenizer(tiny_tokenizer_corpus(model_cfg["prompt_template"]), model_cfg["vocab_size"],
-                                split_digits=bool(model_cfg.get("split_digits", False)))
+        if model_cfg["pretrain"].get("enabled", False):
+            return tiny_base(model_cfg)
+        tokenizer = base_tokenizer(model_cfg)  # the pretrained base's tokenizer: random and pretrained compare
+    else:
+        tokenizer = build_tokenizer(tiny_tokenizer_corpus(model_cfg["prompt_template"]), model_cfg["vocab_size"],
+                                    split_digits=bool(model_cfg.get("split_digits", False)))
     model = build_tiny_model(model_cfg["arch"], tokenizer, seed=seed)
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=f"tiny-llama-{model.num_parameters()}")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
+from transformers import PreTrainedTokenizerFast
 
 from ..errors import HarnessError
 from ..modeling import LoadedModel, build_tiny_model, build_tokenizer
@@ -38,8 +39,6 @@ _TMP_PREFIX = ".tmp-"
 _STALE_TMP_SECONDS = 6 * 3600
 # Keys of the pretrain block that say where or whether, not what: they do not change the weights.
 _NOT_IN_KEY = ("enabled", "cache_dir", "log_every")
-# Documents of each language hashed into the key: edits to the generated texts or templates change the key.
-_FINGERPRINT_DOCS = 8
 _TOKENIZER_DOCS = 4000
 
 
@@ -52,15 +51,19 @@ def tokenizer_documents(pre: Mapping[str, Any], template: str) -> list[corpus_mo
     return corpus_mod.documents(flat, template, _TOKENIZER_DOCS, seed=int(pre["seed"]) + 1)
 
 
+def base_tokenizer(model_cfg: Mapping[str, Any]) -> PreTrainedTokenizerFast:
+    """The tiny model's tokenizer (the same for the pretrained and the random base), trained on
+    :func:`tokenizer_documents` part by part: no merge may span a prompt and its answer, which TRL tokenizes
+    joined while generation and the probes tokenize them apart."""
+    docs = tokenizer_documents(model_cfg["pretrain"], model_cfg["prompt_template"])
+    return build_tokenizer((part for d in docs for part in d.parts), int(model_cfg["vocab_size"]),
+                           split_digits=bool(model_cfg.get("split_digits", False)))
+
+
 def key_material(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the pretrained weights depend on, as plain JSON values."""
     pre = dict(model_cfg["pretrain"])
     template = model_cfg["prompt_template"]
-    fingerprint = hashlib.sha256()
-    sample = {**pre["corpus"], "holdout": {"offset": 0, "n": 0},
-              "mix": {lang: 1 for lang in corpus_mod.check_mix(pre["corpus"]["mix"])}}
-    for doc in corpus_mod.documents(sample, template, _FINGERPRINT_DOCS * len(sample["mix"]), seed=0):
-        fingerprint.update(doc.text.encode())
     return {
         "build_version": BUILD_VERSION,
         "arch": dict(model_cfg["arch"]),
@@ -68,7 +71,7 @@ def key_material(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
         "split_digits": bool(model_cfg.get("split_digits", False)),
         "prompt_template": template,
         "pretrain": {k: v for k, v in pre.items() if k not in _NOT_IN_KEY},
-        "texts": fingerprint.hexdigest()[:16],
+        "texts": corpus_mod.fingerprint(pre["corpus"], template),
         "versions": {lib: version(lib) for lib in ("torch", "transformers", "tokenizers")},
     }
 
@@ -137,11 +140,7 @@ def build(model_cfg: Mapping[str, Any], entry: Path, *, progress: bool = True) -
         steps, batch_size = int(pre["steps"]), int(pre["batch_size"])
         docs = corpus_mod.documents(pre["corpus"], model_cfg["prompt_template"], steps * batch_size,
                                     seed=int(pre["seed"]))
-        # Parts one by one: no merge may span a prompt and its answer (TRL tokenizes them joined, evaluation apart).
-        tokenizer = build_tokenizer((part for d in tokenizer_documents(pre, model_cfg["prompt_template"])
-                                     for part in d.parts),
-                                    int(model_cfg["vocab_size"]),
-                                    split_digits=bool(model_cfg.get("split_digits", False)))
+        tokenizer = base_tokenizer(model_cfg)
         model = build_tiny_model(model_cfg["arch"], tokenizer, seed=int(pre["seed"]))
         with torch.random.fork_rng(devices=[]), _threads(pre.get("threads")):
             torch.manual_seed(int(pre["seed"]))

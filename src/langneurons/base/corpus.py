@@ -13,6 +13,7 @@ thousand distinct (operation, a, b) triples, and knowing them is the skill the b
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -99,3 +100,22 @@ def documents(corpus: Mapping[str, Any], template: str, n: int, seed: int) -> li
         # A space before the answer, as the gold probe and the alignment pairs write it.
         out.append(Document("prompted", lang, (prompt, " " + format_response(p.answer, lang, synthetic.expression(p)))))
     return out
+
+
+def fingerprint(corpus: Mapping[str, Any], template: str) -> str:
+    """A hash of how the corpus renders: one problem of every operation in every language of the mix, and an
+    equation. It changes when the generated texts, the prompt template or the answer format change."""
+    digest = hashlib.sha256()
+    seed, pid = int(corpus.get("seed", 0)), int(corpus.get("offset", 0))
+    samples: dict[str, synthetic.Problem] = {}
+    while len(samples) < len(synthetic.OPS):
+        p = synthetic.problem(seed, pid)
+        samples.setdefault(p.op, p)
+        pid += 1
+    for op in synthetic.OPS:
+        p = samples[op]
+        digest.update(f"{synthetic.expression(p)} = {format_number(p.answer)}.".encode())
+        for lang in check_mix(corpus["mix"]):
+            digest.update(format_prompt(synthetic.render_question(p, lang), lang, template).encode())
+            digest.update(format_response(p.answer, lang, synthetic.expression(p)).encode())
+    return digest.hexdigest()[:16]

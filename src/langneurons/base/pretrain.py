@@ -1,7 +1,8 @@
 """Pretraining the tiny base model from scratch on CPU: a plain torch loop (next-token loss on whole documents).
 
-A plain loop rather than the Trainer: for a model this small the Trainer's per-step overhead is a large share of
-the step, and nothing here needs its features (no checkpoints: a build is short and cached as a whole).
+A plain loop: a build needs none of the Trainer's features (no checkpoints, evaluation or devices: it is short and
+cached as a whole). Eager mode: ``torch.compile(dynamic=True)`` was no faster over 3000 steps on a CPU (137.6 s
+against 139.0 s) and 2.4x slower over 600, its compile time never paid back.
 """
 
 from __future__ import annotations
