@@ -101,12 +101,19 @@ def test_alignment_and_scorer_configs_compose_as_documented():
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             return compose(config_name="config", overrides=list(overrides))
 
-    assert composed().scorer.kind == "translation" and composed().scorer.name_or_path is None  # tiny, offline
+    assert composed().scorer.kind == "numbers" and composed().alignment.method == "mapo"  # offline MAPO
+    assert composed("scorer=tiny").scorer.kind == "translation" and composed("scorer=tiny").scorer.name_or_path is None
     assert composed("scorer=nllb").scorer.name_or_path == "facebook/nllb-200-distilled-600M"
     assert composed("scorer=correctness").scorer.kind == "correctness"
     assert composed("alignment=mapo").alignment.cache_dir.endswith("/langneurons/pairs")
     paper = composed("alignment=mapo_paper").alignment
     assert (paper.method, paper.k, paper.max_new_tokens, paper.temperature) == ("mapo", 20, 512, 0.8)
+    assert (paper.beta, paper.loss_type, paper.loss_weights) == (0.1, "sigmoid", None)  # plain DPO, as MAPO
+    # a real model's preset picks MAPO at the paper's settings with NLLB; a method given on the command line wins
+    real = composed("model=llama")
+    assert (real.alignment.k, real.alignment.beta) == (20, 0.1)
+    assert real.scorer.name_or_path == "facebook/nllb-200-distilled-600M"
+    assert composed("model=llama", "alignment=sft").alignment.method == "sft"
     # question alignment puts LoRA on q/v for any trainer, and an explicit trainer override still wins
     for extra in ([], ["trainer=paper"], ["model=llama"]):
         assert list(composed("alignment=qalign", *extra).trainer.lora.target_modules) == ["q_proj", "v_proj"]

@@ -25,7 +25,7 @@ from conftest import ROOT, inspect_records, inspect_summary, offline_runs, run_t
 
 SHORT = ["trainer.max_steps=4", "neurons.every_n_steps=2", "data.n=4", "alignment.questions.n=16",
          "eval.max_new_tokens=8", "trainer.save_steps=2"]
-LABELS = {"sw": "tiny-dpo-sw", "zhde": "tiny-dpo-zh+de"}
+LABELS = {"sw": "tiny-mapo-sw", "zhde": "tiny-mapo-zh+de"}
 
 
 # The tiny model runs no faster on two threads, and on cores shared with other jobs two OpenMP threads can be many
@@ -212,7 +212,7 @@ def test_layer_tables_and_stages_agree_with_the_saved_identification(runs, repor
 def test_sources_a_checkpoint_folder_a_bare_stats_folder_and_a_step_suffix(runs, tmp_path):
     run_dir = runs["sw"]
     one = load_run(run_dir / "neurons" / "step-2")
-    assert one.kind == "checkpoint" and one.steps == [2] and one.label == "tiny-dpo-sw"
+    assert one.kind == "checkpoint" and one.steps == [2] and one.label == "tiny-mapo-sw"
     assert load_run(f"{run_dir}@first").steps == [0] and load_run(f"{run_dir}@last").steps == [4]
     # statistics without an identification are identified with the given settings: the run's own settings give back
     # the identification it saved
@@ -270,7 +270,7 @@ def test_deactivate_command_on_a_saved_checkpoint(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["step"] == 2 and set(result["baseline"]) == set(PAPER_LANGS)
-    assert (tmp_path / "figures" / "deactivation_tiny-dpo-zh-de.png").is_file()
+    assert (tmp_path / "figures" / "deactivation_tiny-mapo-zh-de.png").is_file()
     rows = read_csv(tmp_path / "tables" / "deactivation.csv")
     assert {(r["deactivated"], r["lang"]) for r in rows} == {(a, b) for a in ("zh", "en") for b in PAPER_LANGS}
     for r in rows:
@@ -292,7 +292,7 @@ def test_figures_and_tables_go_to_wandb_as_a_new_run_or_onto_the_source_run_offl
     history = [r["history"]["item"] for r in inspect_records(folders[1]) if r.get("type") == "history"]
     assert history and history[0]["train/global_step"] == 4
     keys = {key.split(".")[0] for key in history[0]}  # media and tables are logged as nested records
-    assert {"analysis/stages_tiny-dpo-sw", "analysis/stages", "analysis/layers_tiny-dpo-sw"} <= keys
+    assert {"analysis/stages_tiny-mapo-sw", "analysis/stages", "analysis/layers_tiny-mapo-sw"} <= keys
     proc = analyze("counts", f"runs=[{source}]", f"out={tmp_path / 'counts'}", "wandb=new")
     assert proc.returncode == 0, proc.stderr[-3000:]
     new = offline_runs(tmp_path / "counts" / "wandb")
@@ -363,7 +363,7 @@ def test_wandb_runs_and_artifacts_are_read_through_the_api_when_online(runs, tmp
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setattr(wandb, "Api", FakeApi)
     run = load_run("wandb:me/langneurons/abc123", cache=tmp_path)
-    assert run.kind == "wandb" and run.steps == [0, 2, 4] and run.label == "tiny-dpo-sw"
+    assert run.kind == "wandb" and run.steps == [0, 2, 4] and run.label == "tiny-mapo-sw"
     assert run.aligned_langs == ("sw",) and run.wandb.run_id == "abc123"
     saved = Identification.load(runs["sw"] / "neurons" / "step-4")
     assert torch.equal(run.checkpoint(4).ident.owners, saved.owners)

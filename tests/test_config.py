@@ -40,7 +40,7 @@ def test_real_models_get_the_papers_hyperparameters_and_tiny_stays_fast():
     assert t.per_device_train_batch_size * t.gradient_accumulation_steps == 16
     assert paper.alignment.beta == 0.1
     assert composed("model=llama", "trainer=tiny").trainer.max_steps == composed().trainer.max_steps
-    assert composed().trainer.max_steps <= 100
+    assert composed().trainer.max_steps <= 200
 
 
 def test_languages_default_to_aligning_swahili_and_probing_the_paper_ten():

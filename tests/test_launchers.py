@@ -48,7 +48,7 @@ def test_the_local_submitit_launcher_runs_a_multirun_job_with_its_own_wandb_run(
     runs = offline_runs(tmp_path / "0")
     assert len(runs) == 1
     run_record = next(r["run"] for r in inspect_records(runs[0]) if r.get("type") == "run")
-    assert run_record["display_name"] == "tiny-dpo-sw"
+    assert run_record["display_name"] == "tiny-mapo-sw"
 
 
 def accelerate_config(name: str):

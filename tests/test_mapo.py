@@ -10,8 +10,8 @@ from langneurons.data import load_problems, mapo
 from langneurons.data.mapo import build_pairs, mapo_pairs, split_ids
 from langneurons.errors import HarnessError, ModelLoadError
 from langneurons.experiment import load_model
-from langneurons.scoring import (CorrectnessScorer, TranslationScorer, build_scorer, build_tiny_scorer,
-                                 check_scorer_cfg, is_correct)
+from langneurons.scoring import (CorrectnessScorer, NumbersScorer, TranslationScorer, build_scorer, build_tiny_scorer,
+                                 check_scorer_cfg, is_correct, scorer_identity)
 
 TINY_MODEL = {"prompt_template": "mathoctopus", "vocab_size": 400,
               "arch": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -129,6 +129,24 @@ def test_correctness_scorer_pairs_correct_over_wrong_and_samples_no_english():
     for p in built.train:
         gold = problems["de"][p["id"]]["answer"]
         assert is_correct(p["chosen"], gold) and not is_correct(p["rejected"], gold)
+
+
+def test_numbers_scorer_ranks_answers_by_agreement_with_the_english_reasoning():
+    scorer = build_scorer({"kind": "numbers"})
+    assert isinstance(scorer, NumbersScorer) and scorer.needs_english
+    english = ["46 + 31 = 77. The answer is 77.", "46 + 31 = 77. The answer is 77."]
+    right, sloppy, wrong = "46 + 31 = 77. Jibu ni 77.", "5 + 72 = 77. Jibu ni 77.", "5 + 31 = 36. Jibu ni 36."
+    rewards = scorer.score([right, sloppy, wrong, "Jibu ni"], "sw", english)
+    assert rewards[0] == 1.0 and rewards[0] > rewards[1] > rewards[2] > rewards[3] == 0.0
+    # the mean over the English answers: agreeing with one of two is half the reward
+    assert scorer.score([right], "sw", [english[0], "1 2 3 4"]) == [pytest.approx(0.5)]
+    # MAPO's rules then pair the faithful correct answer over the correct-by-luck one, and both over the wrong one
+    texts = [sloppy, right, wrong]
+    correct = [is_correct(t, 77) for t in texts]
+    assert sorted(mapo_pairs(texts, scorer.score(texts, "sw", english), correct)) == [(0, 2), (1, 0), (1, 2)]
+    with pytest.raises(HarnessError, match="scorer=numbers needs at least one English answer"):
+        scorer.score([right], "sw", [])
+    assert scorer_identity({"kind": "numbers", "unused": 1}) == {"kind": "numbers"}
 
 
 # ---- the translation scorer ---------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ def test_short_default_run_trains_and_leaves_a_readable_offline_wandb_run(tmp_pa
     assert summary["state"] == "finished" and summary["exit_code"] == 0
     metrics = summary["summary"]
     assert "train/loss" in metrics and metrics["train/global_step"] == 4
-    assert summary["name"] == "tiny-dpo-sw"
-    assert {"model:tiny", "method:dpo", "lang:sw"} <= set(summary["tags"])
+    assert summary["name"] == "tiny-mapo-sw"
+    assert {"model:tiny", "method:mapo", "lang:sw"} <= set(summary["tags"])
     config = summary["config"]
     # the composed Hydra config, as a plain dict
     model = config["model"]["value"] if "value" in config["model"] else config["model"]
@@ -38,12 +38,12 @@ def test_multirun_makes_one_wandb_run_per_job_in_one_group(tmp_path):
     runs = offline_runs(tmp_path)
     assert len(runs) == 2
     summaries = [inspect_summary(r) for r in runs]
-    assert sorted(s["name"] for s in summaries) == ["tiny-dpo-sw", "tiny-dpo-zh"]
+    assert sorted(s["name"] for s in summaries) == ["tiny-mapo-sw", "tiny-mapo-zh"]
     assert len({s["run_id"] for s in summaries}) == 2
     assert all(s["state"] == "finished" and "train/loss" in s["summary"] for s in summaries)
     # ... all in one group (the run record carries it; the summary does not)
     groups = [next(r["run"]["run_group"] for r in inspect_records(run) if r.get("type") == "run") for run in runs]
-    assert groups == ["tiny-dpo", "tiny-dpo"]
+    assert groups == ["tiny-mapo", "tiny-mapo"]
 
 
 def test_sft_on_several_languages_trains(tmp_path):
@@ -57,7 +57,8 @@ def test_dpo_on_a_users_preference_file(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps({"prompt": f"{i} + 1 =", "chosen": f" {i + 1}", "rejected": f" {i + 2}"})
                                for i in range(10)))
-    out = run_train(f"hydra.run.dir={tmp_path / 'run'}", f"alignment.pairs={pairs}", "logger=none", *SHORT)
+    out = run_train(f"hydra.run.dir={tmp_path / 'run'}", "alignment=dpo", f"alignment.pairs={pairs}", "logger=none",
+                    *SHORT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     assert not offline_runs(tmp_path / "run")  # logger=none writes no W&B run
@@ -74,7 +75,7 @@ def test_a_preset_trains_a_local_model_given_by_name_or_path(tmp_path):
     model.save_pretrained(weights)
     tok.save_pretrained(weights)
     out = run_train(f"hydra.run.dir={tmp_path / 'run'}", "model=llama", f"model.name_or_path={weights}",
-                    "trainer=tiny", *SHORT)
+                    "trainer=tiny", "alignment=dpo", *SHORT)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = inspect_summary(offline_runs(tmp_path / "run")[0])
     assert summary["name"] == "llama-dpo-sw" and "train/loss" in summary["summary"]
@@ -82,12 +83,12 @@ def test_a_preset_trains_a_local_model_given_by_name_or_path(tmp_path):
 
 @pytest.mark.parametrize("override, phrase", [
     ("lang=xx", "unknown language code 'xx'"),
-    ("alignment.pairs=/no/such/pairs.jsonl", "training file /no/such/pairs.jsonl does not exist"),
+    ("alignment=dpo alignment.pairs=/no/such/pairs.jsonl", "training file /no/such/pairs.jsonl does not exist"),
     ("data=mgsm", "could not load MGSM from 'juletxara/mgsm'"),
     ("logger.mode=sideways", "unknown W&B mode 'sideways'"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_wandb_run(tmp_path, override, phrase):
-    out = run_train(f"hydra.run.dir={tmp_path}", override)
+    out = run_train(f"hydra.run.dir={tmp_path}", *override.split())
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
@@ -110,3 +111,8 @@ def test_full_default_run_records_start_middle_and_end(tmp_path):
     assert max(checkpoints) == summary["summary"]["train/global_step"]
     for h in checkpoints.values():
         assert all(f"neurons/specific/{lang}" in h and f"eval/acc/{lang}" in h for lang in PAPER_LANGS)
+    # the default shows learning: the pretrained base answers English well and Swahili badly at step 0, and the
+    # default alignment of Swahili raises it (measured: +0.23 +- 0.02 over seeds 0-2, benchmarks/alignment_effect.py)
+    first, last = checkpoints[0], checkpoints[max(checkpoints)]
+    assert first["eval/acc/en"] >= 0.6 and first["eval/acc/sw"] <= first["eval/acc/en"] - 0.3, first
+    assert last["eval/acc/sw"] >= first["eval/acc/sw"] + 0.1, (first["eval/acc/sw"], last["eval/acc/sw"])

@@ -55,8 +55,9 @@ def training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: s
     sft: prompt/completion (a user's JSONL, or the gold responses to ``alignment.questions``);
     mapo: prompt/chosen/rejected sampled from ``policy`` (a ``LoadedModel``) and ranked by the ``scorer`` config;
     qalign: prompt/completion, the question in each language -> the parallel English question.
-    ``out_dir``: where MAPO writes a copy of the pairs it trains on; ``policy_from_config``: the policy was built
-    from a config with random weights (``alignment.include_gold=auto`` then adds the gold answers).
+    ``out_dir``: where MAPO writes a copy of the pairs it trains on; ``policy_from_config``: the policy is the
+    harness's own tiny model, random or pretrained by the harness (``alignment.include_gold=auto`` then adds the gold
+    answers: in a rare language it samples too few correct answers to pair).
     """
     method = _method(alignment)
     if method == "mapo":
@@ -93,9 +94,9 @@ def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], templa
     if len(aligned) < len(langs):
         log.info("MAPO aligns non-English languages to English: en is the reference, not a training language")
     include_gold = _include_gold(alignment.get("include_gold", "auto"), policy_from_config)
-    if scorer.get("kind") == "translation" and not scorer.get("name_or_path") and not policy_from_config:
-        log.warning("MAPO: the scorer is a tiny translation model with random weights; its rewards rank a "
-                    "pretrained policy's answers at random. Use scorer=nllb for real runs.")
+    if scorer.get("kind") == "translation" and not scorer.get("name_or_path"):
+        log.warning("MAPO: the scorer is a tiny translation model with random weights; its rewards rank the "
+                    "answers at random. Offline use scorer=numbers (or correctness); for real runs scorer=nllb.")
     k = int(alignment["k"])
     if k < 1:
         raise HarnessError(f"alignment.k={k}: sample at least one answer per question")
@@ -139,7 +140,7 @@ def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], templa
 
 
 def _include_gold(value: Any, policy_from_config: bool) -> bool:
-    """``auto``: only for a model built from a config (random weights, nothing correct to sample yet)."""
+    """``auto``: only for the harness's own tiny model (few or no correct answers to sample in a rare language)."""
     if value == "auto":
         return policy_from_config
     if isinstance(value, bool):
@@ -249,7 +250,14 @@ def build_trainer(
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(beta=float(alignment["beta"]), loss_type=[alignment.get("loss_type", "sigmoid")], **common)
+        loss_type = alignment.get("loss_type") or "sigmoid"
+        loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+        weights = alignment.get("loss_weights")
+        if weights is not None and len(weights) != len(loss_types):
+            raise HarnessError(f"alignment.loss_weights has {len(weights)} weights for {len(loss_types)} loss types "
+                               f"{loss_types}: give one weight per loss type, or loss_weights=null")
+        args = DPOConfig(beta=float(alignment["beta"]), loss_type=loss_types,
+                         loss_weights=None if weights is None else [float(w) for w in weights], **common)
         return DPOTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                           peft_config=peft_config, callbacks=list(callbacks), **eval_kwargs)
     from trl import SFTConfig, SFTTrainer

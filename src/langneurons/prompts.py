@@ -57,6 +57,17 @@ def parse_number(text: str) -> float | None:
     return float(match.group(0).replace(",", ""))
 
 
+def all_numbers(text: str) -> list[float]:
+    """Every number in ``text``, in order (the same number syntax as :func:`last_number`)."""
+    out = []
+    for raw in _NUMBER.findall(text):
+        try:
+            out.append(float(raw.rstrip(",").replace(",", "")))
+        except ValueError:
+            continue
+    return out
+
+
 def last_number(text: str) -> float | None:
     """The last number in a model's answer, the evaluation convention of MGSM/MSVAMP papers; None if none."""
     found = _NUMBER.findall(text)

@@ -8,10 +8,15 @@ A scorer is any object with ``needs_english`` (whether it reads the English answ
   the answer in ``lang`` and is forced to write each English answer; reward = 1 / the mean token cross-entropy of
   that translation, averaged over the English answers.
 - ``kind: correctness``: 1 for an answer whose last number is the gold number, else 0 (works offline, no model).
+- ``kind: numbers``: MAPO's "agree with the English reasoning" without a translation model: how closely the numbers
+  the answer writes, in order, match those of each English answer (difflib's ratio of the two number sequences),
+  averaged over the English answers. Works offline, no model; numbers are what a worked math answer shares across
+  languages, so it is exact for the harness's generated answers and a rough proxy for free-form chains of thought.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
@@ -20,9 +25,9 @@ import torch
 
 from . import languages
 from .errors import HarnessError, ModelLoadError
-from .prompts import last_number
+from .prompts import all_numbers, last_number
 
-KINDS = ("translation", "correctness")
+KINDS = ("translation", "correctness", "numbers")
 TOLERANCE = 1e-3  # MAPO's: a final number within 1e-3 of the gold number is correct
 TARGET_LANG = "en"
 
@@ -51,6 +56,25 @@ class CorrectnessScorer:
         if gold is None:
             raise HarnessError("scorer=correctness needs the gold number of every question")
         return [float(is_correct(a, gold)) for a in answers]
+
+
+class NumbersScorer:
+    """Reward = mean over the English answers of the agreement between the answer's number sequence and the English
+    answer's (``difflib.SequenceMatcher.ratio``: 1 for the same numbers in the same order, 0 for none shared)."""
+
+    needs_english = True
+
+    def score(self, answers: Sequence[str], lang: str, english_answers: Sequence[str], *,
+              gold: float | None = None) -> list[float]:
+        if not english_answers:
+            raise HarnessError("scorer=numbers needs at least one English answer per question")
+        references = [all_numbers(e) for e in english_answers]
+        out = []
+        for answer in answers:
+            mine = all_numbers(answer)
+            out.append(sum(difflib.SequenceMatcher(None, mine, ref, autojunk=False).ratio() for ref in references)
+                       / len(references))
+        return out
 
 
 class TranslationScorer:
@@ -128,10 +152,10 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 def check_scorer_cfg(cfg: Mapping[str, Any] | None) -> str:
     """The scorer kind a config names; a one-line error for an unknown or missing one."""
     if not cfg:
-        raise HarnessError("alignment=mapo needs a scorer: add scorer=<tiny|nllb|correctness>")
+        raise HarnessError("alignment=mapo needs a scorer: add scorer=<numbers|correctness|nllb|tiny>")
     kind = cfg.get("kind")
     if kind not in KINDS:
-        raise HarnessError(f"unknown scorer kind {kind!r}: use scorer=<tiny|nllb|correctness> (or scorer.kind="
+        raise HarnessError(f"unknown scorer kind {kind!r}: use scorer=<numbers|correctness|nllb|tiny> (or scorer.kind="
                            f"<{'|'.join(KINDS)}>)")
     return kind
 
@@ -139,7 +163,7 @@ def check_scorer_cfg(cfg: Mapping[str, Any] | None) -> str:
 def scorer_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """What a scorer's rewards depend on (for cache keys): its kind, model and build settings, not its speed."""
     kind = check_scorer_cfg(cfg)
-    if kind == "correctness":
+    if kind in ("correctness", "numbers"):
         return {"kind": kind}
     ident = {k: cfg.get(k) for k in ("kind", "name_or_path", "revision", "max_length")}
     if not cfg.get("name_or_path"):
@@ -156,6 +180,8 @@ def build_scorer(cfg: Mapping[str, Any], device: str | torch.device | None = Non
     kind = check_scorer_cfg(cfg)
     if kind == "correctness":
         return CorrectnessScorer()
+    if kind == "numbers":
+        return NumbersScorer()
     if cfg.get("name_or_path"):
         model, tokenizer = load_seq2seq(str(cfg["name_or_path"]), revision=cfg.get("revision"),
                                         dtype=cfg.get("dtype", "auto"))
