@@ -4,6 +4,7 @@ at step 0 and at the end of training, as mean +- standard deviation across seeds
     python benchmarks/alignment_effect.py                          # the default run, seeds 0 1 2
     python benchmarks/alignment_effect.py --seeds 0 1 2 3 4 alignment=sft lang=th   # any train.py overrides
     python benchmarks/alignment_effect.py --json effect.json       # also write every figure as JSON
+    python benchmarks/alignment_effect.py --markdown               # also print the README's two tables
 
 Each seed is one ``python train.py seed=<s> logger=none <overrides>`` (the base model is the same for every seed:
 ``model.pretrain.seed`` is fixed; the seed moves the adapter's initialisation, the data order and MAPO's sampling).
@@ -75,6 +76,32 @@ def summarise(runs: list[dict]) -> dict:
                                  "untrained": group_change(counts[t], untrained)} for t in TYPES}}
 
 
+def markdown(summary: dict) -> str:
+    """Two Markdown tables: accuracy per language (step 0, end, change) and the change of each neuron type."""
+    def cell(values: list[float], signed: bool = False, digits: int = 2) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        sign = "+" if signed else ""
+        return f"{statistics.fmean(values):{sign}.{digits}f} ± {sd:.{digits}f}"
+
+    langs = list(summary["accuracy"])
+    head = "| | " + " | ".join(f"**{lang}**" if lang in summary["trained"] else lang for lang in langs) + " |"
+    rule = "| --- " * (len(langs) + 1) + "|"
+    acc = summary["accuracy"]
+    rows = [head, rule,
+            "| step 0 | " + " | ".join(f"{acc[lang]['start'][0]:.2f}" for lang in langs) + " |",
+            "| end | " + " | ".join(cell(acc[lang]["end"]) for lang in langs) + " |",
+            "| change | " + " | ".join(cell([e - s for s, e in zip(acc[lang]["start"], acc[lang]["end"])], True)
+                                      for lang in langs) + " |"]
+    counts = summary["counts"]
+    rows += ["", head, rule]
+    for t in TYPES:
+        rows.append(f"| {t} | " + " | ".join(
+            f"{counts[t][lang]['start'][0]} (" + cell([e - s for s, e in zip(counts[t][lang]["start"],
+                                                                              counts[t][lang]["end"])], True, 1) + ")"
+            for lang in langs) + " |")
+    return "\n".join(rows)
+
+
 def print_table(title: str, table: dict, fmt=plain) -> None:
     print(f"\n{title}")
     print(f"  {'lang':<6}{'start':>16}{'end':>16}{'end - start':>18}")
@@ -89,6 +116,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "alignment_effect",
                         help="where the runs go (one folder per seed, replaced when it exists)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary to this file")
+    parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown (the README's)")
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. alignment=sft trainer.max_steps=80")
     args = parser.parse_args()
 
@@ -111,6 +139,8 @@ def main() -> None:
     for t in TYPES:
         c = summary["count_change"][t]
         print(f"  {t + ' neurons':<20}trained {mean_sd(c['trained'])}   untrained {mean_sd(c['untrained'])}")
+    if args.markdown:
+        print("\n" + markdown(summary))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
 

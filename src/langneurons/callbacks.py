@@ -177,7 +177,9 @@ class NeuronCheckpointer:
             rows = self.problems[lang]
             prompts = self._share(rows["prompt"])
             if probe == "responses":
-                texts = answers[lang]
+                # after a space, as the gold responses and the training pairs write them (the model generated its
+                # answer after the prompt; evaluation strips the leading space away)
+                texts = [" " + a if a else "" for a in answers[lang]]
             elif probe == "gold":
                 texts = [" " + r for r in self._share(rows["response"])]
             else:  # plain text: the question itself, every token counted
