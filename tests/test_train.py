@@ -96,6 +96,21 @@ def test_bad_input_is_one_line_and_leaves_no_wandb_run(tmp_path, override, phras
     assert not offline_runs(tmp_path)
 
 
+@pytest.mark.parametrize("override, phrases", [
+    ("trainer.max_stepz=3", ["unknown config key 'trainer.max_stepz'", "did you mean trainer.max_steps"]),
+    ("alignment.pairs=x.jsonl", ["unknown config key 'alignment.pairs'", "alignment=dpo has it"]),
+    ("model=lama", ["unknown option model=lama", "llama", "tiny"]),
+    ("lang=sw,zh", ["Ambiguous value for argument 'lang=sw,zh'", "--multirun"]),
+])
+def test_a_wrong_key_or_option_is_one_line_before_any_run_folder(tmp_path, override, phrases):
+    out = run_train(f"hydra.run.dir={tmp_path / 'run'}", override)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: "), out.stderr
+    assert all(p in errors[0] for p in phrases), errors[0]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_full_default_run_records_start_middle_and_end(tmp_path):
     from langneurons.languages import PAPER_LANGS
