@@ -105,7 +105,7 @@ def test_alignment_and_scorer_configs_compose_as_documented():
     assert composed("scorer=tiny").scorer.kind == "translation" and composed("scorer=tiny").scorer.name_or_path is None
     assert composed("scorer=nllb").scorer.name_or_path == "facebook/nllb-200-distilled-600M"
     assert composed("scorer=correctness").scorer.kind == "correctness"
-    assert composed("alignment=mapo").alignment.cache_dir.endswith("/langneurons/pairs")
+    assert composed("alignment=mapo").alignment.cache_dir.endswith("/pairs")  # under $LANGNEURONS_CACHE or ~/.cache
     paper = composed("alignment=mapo_paper").alignment
     assert (paper.method, paper.k, paper.max_new_tokens, paper.temperature) == ("mapo", 20, 512, 0.8)
     assert (paper.beta, paper.loss_type, paper.loss_weights) == (0.1, "sigmoid", None)  # plain DPO, as MAPO

@@ -59,6 +59,9 @@ def end_process_group() -> None:
     (gloo: "terminate called without an active exception") while another rank still talks to its store."""
     dist = _dist()
     if dist is not None:
+        import gc
+
+        gc.collect()  # a DDP reducer left in a reference cycle must go while the group is still up
         dist.barrier()
         dist.destroy_process_group()
 
