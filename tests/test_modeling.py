@@ -71,9 +71,9 @@ def test_unreachable_model_is_a_one_line_error_that_says_how_to_fix_it(name, phr
     assert "\n" not in message and phrase in message and "model.name_or_path=" in message
 
 
-def test_unreachable_preset_stops_the_cli_quickly_without_a_traceback():
+def test_unreachable_preset_stops_the_cli_quickly_without_a_traceback(tmp_path):
     start = time.monotonic()
-    out = run_train("model=llama", "logger=none")
+    out = run_train(f"hydra.run.dir={tmp_path}", "model=llama", "logger=none")
     elapsed = time.monotonic() - start
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
