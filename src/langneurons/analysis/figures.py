@@ -128,14 +128,7 @@ def plot_layer_change(change: Table, stages: Stages | None = None, title: str = 
         values = [next(r["change"] for r in recs if r["layer"] == layer and r["type"] == t) for layer in layers]
         ax.bar(np.asarray(layers) + (i - (len(types) - 1) / 2) * width, values, width, color=TYPE_COLORS[t], label=t)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_xlabel("layer", fontsize=8)
-    ax.set_ylabel("after - before", fontsize=8)
-    ax.legend(fontsize=7)
-    ax.tick_params(labelsize=7)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish_bars(fig, ax, "layer", "after - before", title)
 
 
 def plot_shared_by(shared: Table, title: str = ""):
@@ -148,8 +141,13 @@ def plot_shared_by(shared: Table, title: str = ""):
     for r in recs:
         ax.text(r["N"], max(r["before"], r["after"]), f"{r['change']:+d}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(n)
-    ax.set_xlabel("N (languages sharing the neuron)", fontsize=8)
-    ax.set_ylabel("neurons", fontsize=8)
+    return _finish_bars(fig, ax, "N (languages sharing the neuron)", "neurons", title)
+
+
+def _finish_bars(fig, ax, xlabel: str, ylabel: str, title: str):
+    """Axis labels, legend, tick size and title of a one-panel bar chart, then the tight layout."""
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
     if title:
