@@ -73,6 +73,18 @@ def test_a_run_records_neurons_and_accuracy_for_every_probe_language_at_every_ch
         assert checkpoints[4][f"neurons/specific/{lang}"] == saved["lang_type_counts"][lang]["specific"]
     artifacts = [r for r in inspect_records(offline_runs(tmp_path)[0]) if r.get("type") == "artifact"]
     assert artifacts
+    # the end of the run shows the first and last checkpoints side by side, as the saved digests have them
+    first = json.loads((tmp_path / "neurons" / "step-0" / "checkpoint.json").read_text())
+    assert "Neuron checkpoints at steps 0, 2, 4: step 0 -> 4 (* the aligned languages)" in out.stdout
+    table = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()
+             if line.startswith("  accuracy") or line.startswith("  specific") or line.startswith("     ")}
+    header = next(line.split() for line in out.stdout.splitlines() if line.strip().startswith("en "))
+    assert header == [f"{lang}*" if lang == "sw" else lang for lang in PAPER_LANGS]
+    sw = PAPER_LANGS.index("sw")
+    assert table["accuracy"][sw] == f"{first['accuracy']['sw']:.2f}->{saved['accuracy']['sw']:.2f}"
+    assert table["specific"][sw] == (f"{first['lang_type_counts']['sw']['specific']}->"
+                                     f"{saved['lang_type_counts']['sw']['specific']}")
+    assert f"python analyze.py report runs=[{tmp_path}]" in out.stdout
 
 
 def test_step_zero_statistics_can_come_from_an_existing_folder(tmp_path):

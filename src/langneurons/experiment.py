@@ -38,7 +38,58 @@ class RunResult:
                       f"  look at it:  wandb leet {self.wandb_dir}"]
             if self.wandb_mode == "offline":
                 lines.append(f"  upload it:   wandb sync {self.wandb_dir}")
-        return "\n".join(lines)
+        return "\n".join(lines + checkpoint_summary(self.run_dir))
+
+
+TYPES_SHOWN = ("specific", "related")
+
+
+def checkpoint_summary(run_dir: Path) -> list[str]:
+    """The first and last neuron checkpoints of a run side by side, per language: accuracy and the specific and
+    related neurons it owns (``start->end``), the general neurons, and the command that analyses the run. Empty when
+    the run took no checkpoint."""
+    import json
+
+    found = sorted((int(p.name.split("-", 1)[1]), p) for p in Path(run_dir).glob("neurons/step-*")
+                   if p.name.split("-", 1)[1].isdigit() and (p / "checkpoint.json").is_file())
+    if not found:
+        return []
+    first, last = (json.loads((p / "checkpoint.json").read_text()) for _, p in (found[0], found[-1]))
+    acc0, acc1 = first.get("accuracy", {}), last.get("accuracy", {})
+    counts0, counts1 = first.get("lang_type_counts", {}), last.get("lang_type_counts", {})
+    langs = [lang for lang in acc0 if lang != "avg"] + [lang for lang in counts0 if lang not in acc0]
+
+    def row(name: str, cell) -> str:
+        return f"  {name:<10}" + "".join(f"{cell(lang):>11}" for lang in langs)
+
+    def change(a: Mapping[str, Any], b: Mapping[str, Any], fmt: str):
+        return lambda lang: f"{a[lang]:{fmt}}->{b[lang]:{fmt}}" if lang in a and lang in b else "-"
+
+    aligned = _aligned_langs(Path(run_dir))
+    lines = [f"Neuron checkpoints at steps {', '.join(str(step) for step, _ in found)}: step {found[0][0]} -> "
+             f"{found[-1][0]}" + (" (* the aligned languages)" if aligned else ""),
+             row("", lambda lang: f"{lang}*" if lang in aligned else lang)]
+    if acc0 and acc1:
+        lines.append(row("accuracy", change(acc0, acc1, ".2f")))
+    for t in TYPES_SHOWN:
+        lines.append(row(t, change({k: v[t] for k, v in counts0.items()}, {k: v[t] for k, v in counts1.items()},
+                                   "d")))
+    general = [c.get("identification", {}).get("totals", {}).get("general") for c in (first, last)]
+    if None not in general:
+        lines.append(f"  general neurons (shared by all languages): {general[0]}->{general[1]}")
+    lines.append(f"  analyse it:  python analyze.py report runs=[{run_dir}] out={Path(run_dir) / 'report'}")
+    return lines
+
+
+def _aligned_langs(run_dir: Path) -> set[str]:
+    """The languages a run aligned, from its run.json (empty when it has none)."""
+    import json
+
+    try:
+        lang = json.loads((run_dir / "run.json").read_text())["config"]["lang"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {lang} if isinstance(lang, str) else set(lang)
 
 
 def tiny_tokenizer_corpus(template: str, n: int = 400, seed: int = 1234) -> Iterator[str]:
