@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,14 +42,17 @@ def run_seed(seed: int, overrides: list[str], out: Path) -> dict:
     return {"seed": seed, "seconds": seconds, "first": first, "last": last, "lang": config["lang"]}
 
 
-def mean_sd(values: list[float]) -> str:
+def spread(values: list[float], signed: bool = False, digits: int = 3) -> str:
+    """``mean ± sd`` over seeds (sd 0 for one seed); ``-`` for no values."""
+    if not values:
+        return "-"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):+.3f} ± {sd:.3f}" if values else "-"
+    return f"{statistics.fmean(values):{'+' if signed else ''}.{digits}f} ± {sd:.{digits}f}"
 
 
-def plain(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+def changes(entry: dict) -> list[float]:
+    """Per seed, end - start of one language's measure."""
+    return [e - s for s, e in zip(entry["start"], entry["end"])]
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -66,8 +70,7 @@ def summarise(runs: list[dict]) -> dict:
 
     def group_change(table: dict, group: list[str]) -> list[float]:
         # per seed: the change averaged over the group's languages
-        return [statistics.fmean(table[lang]["end"][i] - table[lang]["start"][i] for lang in group)
-                for i in range(len(runs))] if group else []
+        return [statistics.fmean(per_seed) for per_seed in zip(*(changes(table[lang]) for lang in group))]
 
     return {"seeds": [r["seed"] for r in runs], "seconds": [r["seconds"] for r in runs], "trained": trained,
             "untrained": untrained, "accuracy": acc, "counts": counts,
@@ -78,36 +81,27 @@ def summarise(runs: list[dict]) -> dict:
 
 def markdown(summary: dict) -> str:
     """Two Markdown tables: accuracy per language (step 0, end, change) and the change of each neuron type."""
-    def cell(values: list[float], signed: bool = False, digits: int = 2) -> str:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        sign = "+" if signed else ""
-        return f"{statistics.fmean(values):{sign}.{digits}f} ± {sd:.{digits}f}"
-
     langs = list(summary["accuracy"])
     head = "| | " + " | ".join(f"**{lang}**" if lang in summary["trained"] else lang for lang in langs) + " |"
     rule = "| --- " * (len(langs) + 1) + "|"
     acc = summary["accuracy"]
     rows = [head, rule,
             "| step 0 | " + " | ".join(f"{acc[lang]['start'][0]:.2f}" for lang in langs) + " |",
-            "| end | " + " | ".join(cell(acc[lang]["end"]) for lang in langs) + " |",
-            "| change | " + " | ".join(cell([e - s for s, e in zip(acc[lang]["start"], acc[lang]["end"])], True)
-                                      for lang in langs) + " |"]
+            "| end | " + " | ".join(spread(acc[lang]["end"], digits=2) for lang in langs) + " |",
+            "| change | " + " | ".join(spread(changes(acc[lang]), True, 2) for lang in langs) + " |"]
     counts = summary["counts"]
     rows += ["", head, rule]
     for t in TYPES:
         rows.append(f"| {t} | " + " | ".join(
-            f"{counts[t][lang]['start'][0]} (" + cell([e - s for s, e in zip(counts[t][lang]["start"],
-                                                                              counts[t][lang]["end"])], True, 1) + ")"
-            for lang in langs) + " |")
+            f"{counts[t][lang]['start'][0]} ({spread(changes(counts[t][lang]), True, 1)})" for lang in langs) + " |")
     return "\n".join(rows)
 
 
-def print_table(title: str, table: dict, fmt=plain) -> None:
+def print_table(title: str, table: dict) -> None:
     print(f"\n{title}")
     print(f"  {'lang':<6}{'start':>16}{'end':>16}{'end - start':>18}")
     for lang, v in table.items():
-        change = [e - s for s, e in zip(v["start"], v["end"])]
-        print(f"  {lang:<6}{fmt(v['start']):>16}{fmt(v['end']):>16}{mean_sd(change):>18}")
+        print(f"  {lang:<6}{spread(v['start']):>16}{spread(v['end']):>16}{spread(changes(v), True):>18}")
 
 
 def main() -> None:
@@ -119,8 +113,6 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown (the README's)")
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. alignment=sft trainer.max_steps=80")
     args = parser.parse_args()
-
-    import shutil
 
     runs = []
     for seed in args.seeds:
@@ -134,11 +126,11 @@ def main() -> None:
     for t in TYPES:
         print_table(f"{t} neurons per language", summary["counts"][t])
     print("\nchange end - start, averaged over the languages of each group")
-    print(f"  accuracy            trained {mean_sd(summary['accuracy_change']['trained'])}   "
-          f"untrained {mean_sd(summary['accuracy_change']['untrained'])}")
+    print(f"  accuracy            trained {spread(summary['accuracy_change']['trained'], True)}   "
+          f"untrained {spread(summary['accuracy_change']['untrained'], True)}")
     for t in TYPES:
         c = summary["count_change"][t]
-        print(f"  {t + ' neurons':<20}trained {mean_sd(c['trained'])}   untrained {mean_sd(c['untrained'])}")
+        print(f"  {t + ' neurons':<20}trained {spread(c['trained'], True)}   untrained {spread(c['untrained'], True)}")
     if args.markdown:
         print("\n" + markdown(summary))
     if args.json:

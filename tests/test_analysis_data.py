@@ -129,3 +129,16 @@ def test_tables_escape_html_and_write_csv():
     assert table.to_csv().splitlines() == ["x,y", "<script>,1.5", ",3"]
     with pytest.raises(ValueError):
         Table("bad", "bad", ["x"], [[1, 2]])
+
+
+def test_a_checkpoint_without_identification_notes_it_once():
+    # sw has no probe tokens: no identification, said once however often the checkpoint is asked
+    import torch
+
+    from langneurons.analysis.sources import Checkpoint
+    from langneurons.neurons import NeuronStats
+
+    stats = NeuronStats(torch.ones(2, 8, 2, dtype=torch.int64), torch.tensor([10, 0]), ("en", "sw"))
+    ckpt = Checkpoint(3, stats=stats)
+    assert ckpt.ident is None and ckpt.ident is None and ckpt.lang_type_counts == {}
+    assert ckpt.notes == ["step 3: no probe tokens for sw: no identification"]

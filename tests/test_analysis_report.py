@@ -308,6 +308,8 @@ def test_input_problems_are_one_line_errors(runs, tmp_path, capsys):
         (["report", f"runs=[{tmp_path / 'nope'}]"], "no such run"),
         (["report", f"runs=[{runs['sw']}]", "wandb=resume", "out=null"], "needs out="),
         (["report", f"runs=[{runs['sw']}]", "step=7"], "no neuron checkpoint at step 7"),
+        (["stages", f"runs=[{runs['sw']}]", "step=7"], "no neuron checkpoint at step 7"),
+        (["spontaneous", f"runs=[{runs['sw']}]", "after=9"], "no neuron checkpoint at step 9"),
         (["compare", f"before={runs['sw']}", "after=/"], "not a run dir"),
         (["stages", f"runs=[{runs['sw']}]", "lam=much"], "lam must be a number or auto"),
     ]

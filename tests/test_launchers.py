@@ -81,7 +81,7 @@ def test_the_zero3_config_builds_a_stage_3_deepspeed_plugin():
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install deepspeed): config only checked")
     from accelerate.utils import DeepSpeedPlugin
 
-    plugin = DeepSpeedPlugin(zero_stage=3, zero3_init_flag=config["zero3_init_flag"],
+    plugin = DeepSpeedPlugin(zero_stage=config["zero_stage"], zero3_init_flag=config["zero3_init_flag"],
                              zero3_save_16bit_model=config["zero3_save_16bit_model"],
                              offload_optimizer_device=config["offload_optimizer_device"],
                              offload_param_device=config["offload_param_device"])

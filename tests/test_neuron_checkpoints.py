@@ -76,9 +76,9 @@ def test_a_run_records_neurons_and_accuracy_for_every_probe_language_at_every_ch
     # the end of the run shows the first and last checkpoints side by side, as the saved digests have them
     first = json.loads((tmp_path / "neurons" / "step-0" / "checkpoint.json").read_text())
     assert "Neuron checkpoints at steps 0, 2, 4: step 0 -> 4 (* the aligned languages)" in out.stdout
-    table = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()
-             if line.startswith("  accuracy") or line.startswith("  specific") or line.startswith("     ")}
-    header = next(line.split() for line in out.stdout.splitlines() if line.strip().startswith("en "))
+    lines = out.stdout.splitlines()
+    table = {line.split()[0]: line.split()[1:] for line in lines if line.startswith(("  accuracy", "  specific"))}
+    header = lines[lines.index(next(line for line in lines if line.startswith("Neuron checkpoints"))) + 1].split()
     assert header == [f"{lang}*" if lang == "sw" else lang for lang in PAPER_LANGS]
     sw = PAPER_LANGS.index("sw")
     assert table["accuracy"][sw] == f"{first['accuracy']['sw']:.2f}->{saved['accuracy']['sw']:.2f}"

@@ -145,8 +145,12 @@ def test_pretraining_lowers_the_loss_and_changes_the_weights(tmp_path):
     loaded = tiny_base(cfg, progress=False)
     report = json.loads((tmp_path / cache_key(cfg) / "pretrain.json").read_text())["report"]
     assert report["final_loss"] < report["losses"][0] - 1.0
-    random_model = load_model({**cfg, "pretrain": {**cfg["pretrain"], "enabled": False}}, seed=0).model
-    assert random_model.num_parameters() != 0
+    # the same architecture and initialisation seed with pretraining off: training moved the weights
+    random_model = load_model({**cfg, "pretrain": {**cfg["pretrain"], "enabled": False}},
+                              seed=int(cfg["pretrain"]["seed"])).model
+    trained = dict(loaded.model.named_parameters())
+    assert trained.keys() == dict(random_model.named_parameters()).keys()
+    assert any(not torch.equal(p, trained[name]) for name, p in random_model.named_parameters())
     assert loaded.model_id.startswith("tiny-llama-") and cache_key(cfg)[:8] in loaded.model_id
 
 

@@ -31,7 +31,7 @@ from . import answer_language, evaluation
 from .errors import HarnessError
 from .metrics import load_math_accuracy
 from .neurons import GeneralRule, Identification, NeuronStats, collect_stats, identify, layer_distribution, make_batches
-from .neurons.dynamics import LANG_TYPES, lang_types, overlap, transitions
+from .neurons.dynamics import lang_type_counts, overlap, transitions
 from .neurons.forward import all_reduce_sum, distributed_world, is_main_process
 from .neurons.reference import load_stats
 from .distributed import rank_share, share_size
@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 
 PROBES = ("responses", "gold", "text")
 STEP_DIR = "step-{step}"
+
+
+def saved_steps(folder: Path) -> list[int]:
+    """The steps of the complete neuron checkpoints in ``folder`` (a run's ``neurons/``), sorted."""
+    return sorted(int(path.name[5:]) for path in Path(folder).glob("step-*")
+                  if path.is_dir() and path.name[5:].isdigit() and (path / "checkpoint.json").is_file())
 
 
 def _rank() -> int:
@@ -67,9 +73,7 @@ class NeuronCheckpoint:
         """Neurons of each type per language (specific / related owned by it; general is shared by all)."""
         if self.ident is None:
             return {}
-        types = lang_types(self.ident)
-        counts = torch.stack([(types == t).sum(1) for t in range(len(LANG_TYPES))], 1)
-        return {lang: dict(zip(LANG_TYPES, counts[k].tolist())) for k, lang in enumerate(self.ident.langs)}
+        return lang_type_counts(self.ident)
 
 
 class NeuronCheckpointer:
@@ -97,11 +101,7 @@ class NeuronCheckpointer:
 
     # ---- history ---------------------------------------------------------------------------------------------------
     def saved_steps(self) -> list[int]:
-        steps = []
-        for path in self.out_dir.glob("step-*"):
-            if path.is_dir() and path.name[5:].isdigit() and (path / "checkpoint.json").is_file():
-                steps.append(int(path.name[5:]))
-        return sorted(steps)
+        return saved_steps(self.out_dir)
 
     def restore(self, up_to_step: int) -> list[int]:
         """Reload the history of a resumed run: step 0 and the latest checkpoint at or before ``up_to_step``.

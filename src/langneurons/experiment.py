@@ -7,6 +7,7 @@ leaves no half-made run behind.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from . import distributed, languages, tracking
 from .alignment import build_trainer, training_set
-from .callbacks import NeuronCheckpointCallback, NeuronCheckpointer
+from .callbacks import STEP_DIR, NeuronCheckpointCallback, NeuronCheckpointer, saved_steps
 from .data import load_problems
 from .data.synthetic import SYNTHETIC_LANGS
 from .errors import HarnessError
@@ -29,32 +30,32 @@ class RunResult:
     wandb_dir: Path | None
     wandb_mode: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
+    aligned: tuple[str, ...] = ()
 
     def report(self) -> str:
-        """What a user reads at the end of a run: where it went and how to look at it."""
+        """What a user reads at the end of a run: where it went, how to look at it, and its first and last neuron
+        checkpoints side by side."""
         lines = [f"Run finished: {self.run_dir}", f"  adapter:   {self.adapter_dir}"]
         if self.wandb_dir is not None:
             lines += [f"  W&B run ({self.wandb_mode}): {self.wandb_dir}",
                       f"  look at it:  wandb leet {self.wandb_dir}"]
             if self.wandb_mode == "offline":
                 lines.append(f"  upload it:   wandb sync {self.wandb_dir}")
-        return "\n".join(lines + checkpoint_summary(self.run_dir))
+        return "\n".join(lines + checkpoint_summary(self.run_dir, self.aligned))
 
 
 TYPES_SHOWN = ("specific", "related")
 
 
-def checkpoint_summary(run_dir: Path) -> list[str]:
-    """The first and last neuron checkpoints of a run side by side, per language: accuracy and the specific and
-    related neurons it owns (``start->end``), the general neurons, and the command that analyses the run. Empty when
-    the run took no checkpoint."""
-    import json
-
-    found = sorted((int(p.name.split("-", 1)[1]), p) for p in Path(run_dir).glob("neurons/step-*")
-                   if p.name.split("-", 1)[1].isdigit() and (p / "checkpoint.json").is_file())
-    if not found:
+def checkpoint_summary(run_dir: Path, aligned: Sequence[str] = ()) -> list[str]:
+    """The first and last neuron checkpoints of a run side by side, per language (the ``aligned`` ones starred):
+    accuracy and the specific and related neurons it owns (``start->end``), the general neurons, and the command that
+    analyses the run. Empty when the run took no checkpoint."""
+    steps = saved_steps(Path(run_dir) / "neurons")
+    if not steps:
         return []
-    first, last = (json.loads((p / "checkpoint.json").read_text()) for _, p in (found[0], found[-1]))
+    first, last = (json.loads((Path(run_dir) / "neurons" / STEP_DIR.format(step=step) / "checkpoint.json").read_text())
+                   for step in (steps[0], steps[-1]))
     acc0, acc1 = first.get("accuracy", {}), last.get("accuracy", {})
     counts0, counts1 = first.get("lang_type_counts", {}), last.get("lang_type_counts", {})
     langs = [lang for lang in acc0 if lang != "avg"] + [lang for lang in counts0 if lang not in acc0]
@@ -65,9 +66,8 @@ def checkpoint_summary(run_dir: Path) -> list[str]:
     def change(a: Mapping[str, Any], b: Mapping[str, Any], fmt: str):
         return lambda lang: f"{a[lang]:{fmt}}->{b[lang]:{fmt}}" if lang in a and lang in b else "-"
 
-    aligned = _aligned_langs(Path(run_dir))
-    lines = [f"Neuron checkpoints at steps {', '.join(str(step) for step, _ in found)}: step {found[0][0]} -> "
-             f"{found[-1][0]}" + (" (* the aligned languages)" if aligned else ""),
+    lines = [f"Neuron checkpoints at steps {', '.join(map(str, steps))}: step {steps[0]} -> {steps[-1]}"
+             + (" (* the aligned languages)" if aligned else ""),
              row("", lambda lang: f"{lang}*" if lang in aligned else lang)]
     if acc0 and acc1:
         lines.append(row("accuracy", change(acc0, acc1, ".2f")))
@@ -79,17 +79,6 @@ def checkpoint_summary(run_dir: Path) -> list[str]:
         lines.append(f"  general neurons (shared by all languages): {general[0]}->{general[1]}")
     lines.append(f"  analyse it:  python analyze.py report runs=[{run_dir}] out={Path(run_dir) / 'report'}")
     return lines
-
-
-def _aligned_langs(run_dir: Path) -> set[str]:
-    """The languages a run aligned, from its run.json (empty when it has none)."""
-    import json
-
-    try:
-        lang = json.loads((run_dir / "run.json").read_text())["config"]["lang"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-    return {lang} if isinstance(lang, str) else set(lang)
 
 
 def tiny_tokenizer_corpus(template: str, n: int = 400, seed: int = 1234) -> Iterator[str]:
@@ -204,4 +193,4 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[st
         mode = run.settings.mode if run is not None else None
         tracking.finish(run, exit_code)
     return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, wandb_dir=wandb_dir, wandb_mode=mode,
-                     metrics=dict(output.metrics))
+                     metrics=dict(output.metrics), aligned=tuple(aligned))

@@ -58,23 +58,11 @@ def parse_number(text: str) -> float | None:
 
 
 def all_numbers(text: str) -> list[float]:
-    """Every number in ``text``, in order (the same number syntax as :func:`last_number`)."""
-    out = []
-    for raw in _NUMBER.findall(text):
-        try:
-            out.append(float(raw.rstrip(",").replace(",", "")))
-        except ValueError:
-            continue
-    return out
+    """Every number in ``text``, in order ("2,125" is 2125; the pattern always parses once commas are dropped)."""
+    return [float(raw.replace(",", "")) for raw in _NUMBER.findall(text)]
 
 
 def last_number(text: str) -> float | None:
     """The last number in a model's answer, the evaluation convention of MGSM/MSVAMP papers; None if none."""
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    raw = found[-1].rstrip(",").replace(",", "")
-    try:
-        return float(raw)
-    except ValueError:
-        return None
+    numbers = all_numbers(text)
+    return numbers[-1] if numbers else None

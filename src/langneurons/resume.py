@@ -9,11 +9,11 @@ from its latest trainer checkpoint, into the same W&B run; the neuron-checkpoint
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import HarnessError
+from .neurons.storage import atomic_write
 
 RECORD = "run.json"
 # Keys a resumed run may change: how far it trains and where it logs. Everything else must match the saved run,
@@ -25,10 +25,8 @@ def write_record(run_dir: Path, config: Mapping[str, Any], overrides: Sequence[s
                  model_id: str | None = None) -> Path:
     """Save what a resume needs, atomically (a crash never leaves a half-written record)."""
     path = Path(run_dir) / RECORD
-    tmp = path.with_name(path.name + ".tmp")
     record = {"config": dict(config), "overrides": list(overrides), "wandb_id": wandb_id, "model_id": model_id}
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8"))
     return path
 
 

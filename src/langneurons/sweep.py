@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .errors import HarnessError
+from .neurons.storage import atomic_write
 
 STATE_FILE = "sweep.json"
 DEFAULT_ROOT = Path("multirun") / "sweeps"
@@ -167,11 +168,9 @@ class SweepState:
 
     def save(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / STATE_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"name": self.name, "config": self.config, "overrides": self.overrides,
-                                   "runs": self.runs}, indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)  # a crash never leaves a half-written state file
+        state = {"name": self.name, "config": self.config, "overrides": self.overrides, "runs": self.runs}
+        # a crash never leaves a half-written state file
+        atomic_write(self.folder / STATE_FILE, json.dumps(state, indent=1, ensure_ascii=False).encode("utf-8"))
 
     def engine_runs(self) -> list:
         """The runs so far as the engine's SweepRun objects (config, state, the metric for bayes)."""

@@ -30,8 +30,18 @@ def _step(value: Any) -> int | str:
         raise HarnessError(f"step {value!r}: use first, last or a step number") from None
 
 
-def _runs(cfg: Mapping[str, Any], key: str = "runs") -> list[Run]:
-    specs = cfg.get(key)
+def _checked_steps(runs: list[Run], cfg: Mapping[str, Any], defaults: Mapping[str, str]) -> list[int | str]:
+    """The steps ``cfg`` names (``defaults``: key -> default), each checked against every run: a step a run lacks
+    is a typo, said in one line before any work."""
+    steps = [_step(cfg.get(key, default)) for key, default in defaults.items()]
+    for run in runs:
+        for which in steps:
+            run.checkpoint(which)
+    return steps
+
+
+def _runs(cfg: Mapping[str, Any]) -> list[Run]:
+    specs = cfg.get("runs")
     if isinstance(specs, str):
         specs = [specs]
     return load_runs(specs or [], IdentifySettings.from_cfg(cfg), labels=cfg.get("labels"),
@@ -53,11 +63,7 @@ def report(cfg: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     runs = _runs(cfg)
     mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
-    step, before, after = _step(cfg.get("step", "last")), _step(cfg.get("before", "first")), _step(cfg.get("after",
-                                                                                                      "last"))
-    for run in runs:  # a step a run lacks is a typo: say so before any work
-        for which in (step, before, after):
-            run.checkpoint(which)
+    step, before, after = _checked_steps(runs, cfg, {"step": "last", "before": "first", "after": "last"})
     sections = [counts_section(runs), stages_section(runs, step), change_section(run_pairs(runs, before, after)),
                 overlap_section(runs), spontaneous_section(runs, before, after)]
     deactivation = dict(cfg.get("deactivation") or {})
@@ -87,7 +93,8 @@ def stages(cfg: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     runs = _runs(cfg)
     mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
-    section = stages_section(runs, _step(cfg.get("step", "last")), bool(cfg.get("per_language", True)))
+    (step,) = _checked_steps(runs, cfg, {"step": "last"})
+    section = stages_section(runs, step, bool(cfg.get("per_language", True)))
     result = finish([section], runs, cfg, "stages", started, mode)
     result["stages"] = section.data
     if cfg.get("per_language", True) and section.tables:
@@ -141,7 +148,8 @@ def spontaneous(cfg: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     runs = _runs(cfg)
     mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
-    section = spontaneous_section(runs, _step(cfg.get("before", "first")), _step(cfg.get("after", "last")))
+    before, after = _checked_steps(runs, cfg, {"before": "first", "after": "last"})
+    section = spontaneous_section(runs, before, after)
     result = finish([section], runs, cfg, "spontaneous", started, mode)
     result["spontaneous"] = section.data
     return result
@@ -153,7 +161,8 @@ def deactivate(cfg: dict[str, Any]) -> dict[str, Any]:
     run = load_run(cfg["source"], IdentifySettings.from_cfg(cfg), reidentify=bool(cfg.get("reidentify")),
                    cache=cfg.get("cache"))
     mode = check_wandb(cfg.get("wandb"), [run], cfg.get("out"))
-    section = deactivation_section([run], _step(cfg.get("step", "last")), **_deactivation_options(cfg))
+    (step,) = _checked_steps([run], cfg, {"step": "last"})
+    section = deactivation_section([run], step, **_deactivation_options(cfg))
     if run.label not in section.data:
         raise HarnessError(section.notes[-1] if section.notes else f"{run.label}: deactivation failed")
     result = finish([section], [run], cfg, "deactivate", started, mode)

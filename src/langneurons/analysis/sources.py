@@ -24,12 +24,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from .. import languages, tracking
 from ..errors import DataError, HarnessError
 from ..neurons import GeneralRule, Identification, NeuronStats, identify, load_stats
-from ..neurons.dynamics import LANG_TYPES, lang_types
+from ..neurons.dynamics import lang_type_counts
 from ..neurons.reference import is_reference_folder
 from . import wandb_io
 
@@ -95,6 +93,7 @@ class Checkpoint:
         self.reidentify = reidentify
         self._ident = ident
         self._stats = stats
+        self._no_ident = False  # known to have no identification (its note is already in self.notes)
         self.notes: list[str] = list(self.record.get("notes") or [])
 
     def __repr__(self) -> str:
@@ -116,7 +115,7 @@ class Checkpoint:
     @property
     def ident(self) -> Identification | None:
         """The identification, or None when there is none (a language had no probe tokens)."""
-        if self._ident is None:
+        if self._ident is None and not self._no_ident:
             if not self.reidentify and self.path is not None and Identification.is_saved(self.path):
                 self._ident = Identification.load(self.path)
             else:
@@ -124,6 +123,7 @@ class Checkpoint:
                 empty = [lang for lang, n in zip(stats.langs, stats.tokens.tolist()) if n <= 0]
                 if empty:
                     self.notes.append(f"step {self.step}: no probe tokens for {', '.join(empty)}: no identification")
+                    self._no_ident = True
                     return None
                 self._ident = self.settings.identify(stats)
         return self._ident
@@ -132,11 +132,7 @@ class Checkpoint:
     def lang_type_counts(self) -> dict[str, dict[str, int]]:
         """Per language, the neurons of each type it has (specific / related it owns; general: the general set)."""
         ident = self.ident
-        if ident is None:
-            return {}
-        types = lang_types(ident)
-        counts = torch.stack([(types == t).sum(1) for t in range(len(LANG_TYPES))], 1)
-        return {lang: dict(zip(LANG_TYPES, counts[k].tolist())) for k, lang in enumerate(ident.langs)}
+        return {} if ident is None else lang_type_counts(ident)
 
 
 @dataclass
@@ -282,10 +278,13 @@ def load_run(spec: str | os.PathLike, settings: IdentifySettings | None = None, 
         elif NeuronStats.is_saved(path) or is_reference_folder(path):
             record = _read_record(path)
             step = record.get("step")
+            loaded = None
             if step is None and NeuronStats.is_saved(path):
-                step = NeuronStats.load(path).metadata.get("step")
+                loaded = NeuronStats.load(path)  # kept: the checkpoint would read the same tensors again
+                step = loaded.metadata.get("step")
             kind = "stats" if NeuronStats.is_saved(path) else "reference"
-            run = Run(label or "", spec, kind, [make(int(step or 0), path, record)], path)
+            ckpt = Checkpoint(int(step or 0), path, record, settings=settings, reidentify=reidentify, stats=loaded)
+            run = Run(label or "", spec, kind, [ckpt], path)
         elif (path / ".hydra").is_dir():
             raise DataError(f"{source!r} is a run without neuron checkpoints (no neurons/step-<N>/): it ran with "
                             "neurons=off or stopped before step 0")

@@ -174,8 +174,3 @@ def profile(totals: Any) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(totals, dtype=np.float64)
     return t[:, 0] + t[:, 1], t[:, 2]
 
-
-def stage_sums(values: Sequence[float], stages: Stages) -> list[float]:
-    """Sum of a per-layer quantity over each stage."""
-    v = np.asarray(values, dtype=np.float64)
-    return [float(v[a:b + 1].sum()) for a, b in stages.ranges]

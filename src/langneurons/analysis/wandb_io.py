@@ -95,12 +95,6 @@ def logged_history(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def logged_neuron_rows(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """The history rows of neuron checkpoints, by ``train/global_step``."""
-    return {int(r[tracking.STEP_KEY]): r for r in logged_history(run_dir)
-            if "neurons/total/specific" in r and tracking.STEP_KEY in r}
-
-
 # ---- the server ----------------------------------------------------------------------------------------------------
 def is_wandb_source(spec: str) -> bool:
     return spec.startswith(WANDB_PREFIX) or bool(WANDB_URL.match(spec))

@@ -34,6 +34,14 @@ def lang_types(ident: Identification) -> torch.Tensor:
     return out
 
 
+def lang_type_counts(ident: Identification) -> dict[str, dict[str, int]]:
+    """Per language, how many neurons it has of each type in :data:`LANG_TYPES` (specific / related: the ones it
+    owns; general: the general set, the same for every language)."""
+    types = lang_types(ident)
+    counts = torch.stack([(types == t).sum(1) for t in range(len(LANG_TYPES))], 1)
+    return {lang: dict(zip(LANG_TYPES, counts[k].tolist())) for k, lang in enumerate(ident.langs)}
+
+
 def _check_comparable(before: Identification, after: Identification) -> None:
     if (before.langs, before.num_layers, before.num_units) != (after.langs, after.num_layers, after.num_units):
         raise ValueError(
