@@ -57,6 +57,12 @@ def run(overrides: list[str], folder: Path) -> float:
     return time.perf_counter() - started
 
 
+def cached_pair_sets(overrides: list[str]) -> int:
+    """How many MAPO pair sets the pair cache holds (0 without one): a run that adds one built its pairs."""
+    folder = config(overrides)["alignment"].get("cache_dir")
+    return sum(1 for p in Path(folder).expanduser().glob("*/key.json")) if folder else 0
+
+
 def main(overrides: list[str]) -> None:
     timed(evaluation, "generate", "answer the evaluation questions (generate)")
     timed(callbacks.NeuronCheckpointer, "_accuracy", "accuracy + answer language")
@@ -65,18 +71,29 @@ def main(overrides: list[str]) -> None:
     timed(callbacks.NeuronCheckpointer, "_save", "save neurons/step-N")
     timed(callbacks.NeuronCheckpointer, "take", "checkpoint total (without W&B)")
     timed(tracking.CheckpointLogger, "__call__", "W&B: metrics, tables, figure, artifact")
+    built = []
     with tempfile.TemporaryDirectory() as tmp:
+        before = cached_pair_sets(overrides)
         off = run([*overrides, "neurons=off"], Path(tmp) / "off")
+        if cached_pair_sets(overrides) > before:
+            built.append("off")
         PHASES.clear()
+        before = cached_pair_sets(overrides)
         on = run(overrides, Path(tmp) / "on")
-        steps = sorted(p.name for p in (Path(tmp) / "on" / "neurons").glob("step-*"))
+        if cached_pair_sets(overrides) > before:
+            built.append("on")
+        steps = sorted((p.name for p in (Path(tmp) / "on" / "neurons").glob("step-*")), key=lambda n: int(n[5:]))
     checkpoints = sum(PHASES["checkpoint total (without W&B)"]) + sum(
         PHASES["W&B: metrics, tables, figure, artifact"])
     print(f"\nexperiment: python train.py {' '.join(overrides)}")
     print(f"wall time without checkpoints  {off:8.1f} s")
     print(f"wall time with checkpoints     {on:8.1f} s   ({len(steps)} checkpoints: {', '.join(steps)})")
     print(f"checkpoints (timed inside)     {checkpoints:8.1f} s   = {checkpoints / on:.1%} of the run with them")
-    print(f"difference of the two runs     {on - off:8.1f} s   = {(on - off) / on:.1%} of the run with them\n")
+    print(f"difference of the two runs     {on - off:8.1f} s   = {(on - off) / on:.1%} of the run with them")
+    if built:
+        print(f"note: the {' and '.join(built)} run built its MAPO pairs (not cached yet): run again to compare like "
+              "with like")
+    print()
     print(f"{'phase':45s} {'calls':>5s} {'total s':>8s} {'first s':>8s} {'later mean s':>12s}")
     for phase, times in PHASES.items():
         later = times[1:]

@@ -33,14 +33,17 @@ def test_model_presets():
     assert composed("model=qwen", "model.name_or_path=/weights/qwen").model.name_or_path == "/weights/qwen"
 
 
-def test_real_models_get_the_papers_hyperparameters_and_tiny_stays_fast():
+def test_real_models_get_the_papers_hyperparameters_and_tiny_keeps_its_own():
     paper = composed("model=mistral_mathoctopus")
     t = paper.trainer
     assert (t.lora.r, t.lora.alpha, t.lora.dropout, t.learning_rate) == (64, 128, 0.05, 1e-6)
     assert t.per_device_train_batch_size * t.gradient_accumulation_steps == 16
     assert paper.alignment.beta == 0.1
     assert composed("model=llama", "trainer=tiny").trainer.max_steps == composed().trainer.max_steps
-    assert composed().trainer.max_steps <= 200
+    tiny = composed()
+    assert (tiny.trainer.lora.r, tiny.trainer.learning_rate) == (8, 2e-4)
+    # the default run takes its neuron checkpoints at the start, the middle and the end (three: the cost target)
+    assert tiny.neurons.every_n_steps * 2 == tiny.trainer.max_steps
 
 
 def test_languages_default_to_aligning_swahili_and_probing_the_paper_ten():

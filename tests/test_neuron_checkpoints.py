@@ -41,6 +41,72 @@ def test_types_per_language_transitions_and_overlap_match_sets_built_by_hand():
     assert overlap(before, before) == {"a": 1.0, "b": 1.0, "c": 1.0}
 
 
+def test_the_layer_figure_shows_each_languages_specific_and_related_neurons_per_layer():
+    import matplotlib.pyplot as plt
+
+    from langneurons.neurons import layer_distribution
+    from langneurons.plots import layer_distribution_figure
+
+    # neuron 0 (layer 0): a-specific; neuron 5 (layer 1): a+b related; neuron 6 (layer 1): c-specific; 3: general
+    dist = layer_distribution(ident([[1, 0, 0], [1, 1, 0], [0, 0, 1]], [0, 5, 6], [3]))
+    fig = layer_distribution_figure(dist, title="step 7")
+    try:
+        lines, specific, related = fig.axes[:3]
+        assert fig._suptitle.get_text() == "step 7"
+        drawn = {line.get_label(): list(line.get_ydata()) for line in lines.get_lines()}
+        assert drawn == {"specific": [1, 1], "related": [0, 1], "general": [1, 0]}  # no unassigned line: none
+        assert specific.images[0].get_array().tolist() == [[1, 0], [0, 0], [0, 1]]  # languages x layers
+        assert related.images[0].get_array().tolist() == [[0, 1], [0, 1], [0, 0]]
+        assert [t.get_text() for t in specific.get_yticklabels()] == ["a", "b", "c"]
+    finally:
+        plt.close(fig)
+
+
+def test_a_checkpoint_on_a_merged_copy_measures_the_adapted_model_and_leaves_it_untouched(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    from langneurons.callbacks import NeuronCheckpointer, merged_copy
+    from langneurons.data import load_problems
+    from langneurons.experiment import tiny_tokenizer_corpus
+    from langneurons.modeling import build_tiny_model, build_tokenizer
+
+    langs = ["sw", "zh", "de"]
+    tokenizer = build_tokenizer(tiny_tokenizer_corpus("mathoctopus", n=30), 300)
+    base = build_tiny_model({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                             "num_attention_heads": 2, "num_key_value_heads": 1}, tokenizer, seed=0)
+    assert merged_copy(base) is None  # nothing to merge
+    add_fused_lm_head(base)  # as TRL's trainers do: a forward patched onto the instance must not leak into the copy
+    torch.manual_seed(1)  # random A and B: the adapters change the model's function, as after training
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"],
+                                            init_lora_weights=False))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    problems = load_problems({"source": "synthetic", "n": 6, "offset": 100000, "seed": 0}, langs, "mathoctopus")
+
+    def take(merge: bool):
+        neurons = {"probe": "responses", "n": None, "batch_size": 4, "max_length": 512, "top_rate": 0.05,
+                   "bar": 0.95, "merge_adapters": merge}
+        return NeuronCheckpointer(tokenizer=tokenizer, problems=problems, probe_langs=langs, eval_langs=langs,
+                                  neurons=neurons, eval_cfg={"max_new_tokens": 6, "batch_size": 3, "samples": 6},
+                                  out_dir=tmp_path / str(merge), model_id="tiny").take(model, 3)
+
+    adapters, merged = take(False), take(True)
+    assert [s["answer"] for s in merged.samples] == [s["answer"] for s in adapters.samples]
+    assert merged.accuracy == adapters.accuracy
+    assert torch.equal(merged.stats.tokens, adapters.stats.tokens)
+    # the same function up to float rounding: at most a unit sitting at exactly zero may count differently
+    assert (merged.stats.counts - adapters.stats.counts).abs().max() <= 1
+    with torch.no_grad():
+        unadapted = merged_copy(model)
+        model.disable_adapter_layers()
+        ids = tokenizer("3 + 4 =", return_tensors="pt")["input_ids"]
+        assert not torch.allclose(unadapted(ids).logits, model(ids).logits)  # the adapters were in the copy
+        model.enable_adapter_layers()
+    # the trained model keeps its adapters and every weight bit for bit
+    assert {name: p for name, p in model.named_parameters()}.keys() == before.keys()
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
 def test_a_run_records_neurons_and_accuracy_for_every_probe_language_at_every_checkpoint(tmp_path):
     out = run_train(f"hydra.run.dir={tmp_path}", "trainer.max_steps=4", "neurons.every_n_steps=2", "data.n=4",
                     "alignment.questions.n=16", "trainer.save_steps=0", "eval.max_new_tokens=8")

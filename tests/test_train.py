@@ -127,7 +127,7 @@ def test_full_default_run_records_start_middle_and_end(tmp_path):
     for h in checkpoints.values():
         assert all(f"neurons/specific/{lang}" in h and f"eval/acc/{lang}" in h for lang in PAPER_LANGS)
     # the default shows learning: the pretrained base answers English well and Swahili badly at step 0, and the
-    # default alignment of Swahili raises it (measured: +0.23 +- 0.02 over seeds 0-2, benchmarks/alignment_effect.py)
+    # default alignment of Swahili raises it (measured: +0.42 +- 0.01 over seeds 0-2, benchmarks/alignment_effect.py)
     first, last = checkpoints[0], checkpoints[max(checkpoints)]
     assert first["eval/acc/en"] >= 0.6 and first["eval/acc/sw"] <= first["eval/acc/en"] - 0.3, first
-    assert last["eval/acc/sw"] >= first["eval/acc/sw"] + 0.1, (first["eval/acc/sw"], last["eval/acc/sw"])
+    assert last["eval/acc/sw"] >= first["eval/acc/sw"] + 0.25, (first["eval/acc/sw"], last["eval/acc/sw"])

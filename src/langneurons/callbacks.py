@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from copy import deepcopy as copy_module
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,28 @@ def saved_steps(folder: Path) -> list[int]:
 
 def _rank() -> int:
     return torch.distributed.get_rank() if distributed_world() > 1 else 0
+
+
+def merged_copy(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A copy of a PEFT ``model`` with its adapters merged into the weights (the same function, without the
+    adapters' extra matmuls and module calls), or None where that does not apply: a model without adapters,
+    several processes (the weights may be sharded), a quantized base (merging would dequantize it) or one spread
+    over devices. The model
+    being trained is never touched: merging in place and unmerging afterwards would not restore its frozen
+    weights bit for bit."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel) or distributed_world() > 1:
+        return None
+    base = model.get_base_model()
+    if getattr(base, "hf_quantizer", None) is not None or getattr(base, "hf_device_map", None):
+        return None
+    merged = copy_module(model).merge_and_unload()
+    # A forward patched onto an instance (TRL's fused LM head) is copied as a closure over the *original* model's
+    # forward: the copy would run the trained model. The copy measures with its class's own forward.
+    for module in merged.modules():
+        module.__dict__.pop("forward", None)
+    return merged
 
 
 @dataclass
@@ -226,6 +249,9 @@ class NeuronCheckpointer:
     def take(self, model: torch.nn.Module, step: int) -> NeuronCheckpoint:
         """Measure ``model`` at training step ``step`` (every rank must call this; only rank 0 writes)."""
         started = time.perf_counter()
+        merged = merged_copy(model) if self.neurons.get("merge_adapters", False) else None
+        if merged is not None:
+            model = merged
         answer_langs = list(dict.fromkeys([*self.eval_langs, *(
             self.probe_langs if self.neurons.get("probe", "responses") == "responses" else [])]))
         answers = self._answers(model, answer_langs)

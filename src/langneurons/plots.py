@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .neurons.identify import LayerDistribution  # noqa: E402
 
@@ -15,26 +14,38 @@ TYPE_COLORS = {"specific": "tab:red", "related": "tab:orange", "general": "tab:b
 
 
 def layer_distribution_figure(dist: LayerDistribution, title: str = ""):
-    """Neurons per layer by type: one panel for all languages together, then one per language."""
-    panels = ["all", *dist.langs]
-    cols = min(4, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False, sharex=True)
-    layers = range(dist.total.shape[0])
+    """Neurons per layer by type: all languages together (one line per type), then a languages x layers heatmap of
+    the specific and of the related neurons each language owns (general neurons belong to every language alike).
+
+    Three panels with a fixed layout whatever the number of languages: a checkpoint draws it in about a tenth of a
+    second (``tight_layout`` over a panel per language took several times that)."""
     data = dist.to_dict()
-    for ax, panel in zip(axes.flat, panels):
-        for name, counts in data[panel].items():
-            if name == "unassigned" and not any(counts):
-                continue
-            ax.plot(layers, counts, marker=".", label=name, color=TYPE_COLORS[name])
-        ax.set_title(panel, fontsize=9)
+    layers = list(range(dist.total.shape[0]))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.8 + 0.28 * max(len(dist.langs), 8)),
+                             gridspec_kw={"width_ratios": [1.0, 1.2, 1.2]})
+    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.16, top=0.84, wspace=0.3)
+    ax = axes[0]
+    for name, counts in data["all"].items():
+        if name == "unassigned" and not any(counts):
+            continue
+        ax.plot(layers, counts, marker=".", label=name, color=TYPE_COLORS[name])
+    ax.set_title("all languages", fontsize=9)
+    ax.set_xlabel("layer", fontsize=8)
+    ax.set_ylabel("neurons", fontsize=8)
+    ax.legend(fontsize=7)
+    for ax, kind in zip(axes[1:], ("specific", "related")):
+        grid = dist.per_lang[:, :, dist.lang_types.index(kind)].numpy()
+        image = ax.imshow(grid, aspect="auto", cmap="Reds" if kind == "specific" else "Oranges", vmin=0,
+                          interpolation="nearest")
+        ax.set_yticks(range(len(dist.langs)), dist.langs)
+        ax.set_xlabel("layer", fontsize=8)
+        ax.set_title(f"{kind} neurons per language", fontsize=9)
+        bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+        bar.ax.tick_params(labelsize=7)
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes:
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.supxlabel("layer", fontsize=8)
-    fig.supylabel("neurons", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
