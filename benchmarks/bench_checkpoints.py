@@ -57,9 +57,8 @@ def run(overrides: list[str], folder: Path) -> float:
     return time.perf_counter() - started
 
 
-def cached_pair_sets(overrides: list[str]) -> int:
-    """How many MAPO pair sets the pair cache holds (0 without one): a run that adds one built its pairs."""
-    folder = config(overrides)["alignment"].get("cache_dir")
+def cached_pair_sets(folder: str | None) -> int:
+    """How many MAPO pair sets the pair cache ``folder`` holds (0 without one): a run that adds one built its pairs."""
     return sum(1 for p in Path(folder).expanduser().glob("*/key.json")) if folder else 0
 
 
@@ -71,16 +70,16 @@ def main(overrides: list[str]) -> None:
     timed(callbacks.NeuronCheckpointer, "_save", "save neurons/step-N")
     timed(callbacks.NeuronCheckpointer, "take", "checkpoint total (without W&B)")
     timed(tracking.CheckpointLogger, "__call__", "W&B: metrics, tables, figure, artifact")
-    built = []
+    pairs, built = config(overrides)["alignment"].get("cache_dir"), []
     with tempfile.TemporaryDirectory() as tmp:
-        before = cached_pair_sets(overrides)
+        before = cached_pair_sets(pairs)
         off = run([*overrides, "neurons=off"], Path(tmp) / "off")
-        if cached_pair_sets(overrides) > before:
+        if cached_pair_sets(pairs) > before:
             built.append("off")
         PHASES.clear()
-        before = cached_pair_sets(overrides)
+        before = cached_pair_sets(pairs)
         on = run(overrides, Path(tmp) / "on")
-        if cached_pair_sets(overrides) > before:
+        if cached_pair_sets(pairs) > before:
             built.append("on")
         steps = sorted((p.name for p in (Path(tmp) / "on" / "neurons").glob("step-*")), key=lambda n: int(n[5:]))
     checkpoints = sum(PHASES["checkpoint total (without W&B)"]) + sum(

@@ -52,7 +52,7 @@ def test_the_layer_figure_shows_each_languages_specific_and_related_neurons_per_
     fig = layer_distribution_figure(dist, title="step 7")
     try:
         lines, specific, related = fig.axes[:3]
-        assert fig._suptitle.get_text() == "step 7"
+        assert fig.get_suptitle() == "step 7"
         drawn = {line.get_label(): list(line.get_ydata()) for line in lines.get_lines()}
         assert drawn == {"specific": [1, 1], "related": [0, 1], "general": [1, 0]}  # no unassigned line: none
         assert specific.images[0].get_array().tolist() == [[1, 0], [0, 0], [0, 1]]  # languages x layers

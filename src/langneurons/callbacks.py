@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-from copy import deepcopy as copy_module
 import shutil
 import time
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -57,9 +57,8 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module | None:
     """A copy of a PEFT ``model`` with its adapters merged into the weights (the same function, without the
     adapters' extra matmuls and module calls), or None where that does not apply: a model without adapters,
     several processes (the weights may be sharded), a quantized base (merging would dequantize it) or one spread
-    over devices. The model
-    being trained is never touched: merging in place and unmerging afterwards would not restore its frozen
-    weights bit for bit."""
+    over devices. The model being trained is never touched: merging in place and unmerging afterwards would not
+    restore its frozen weights bit for bit."""
     from peft import PeftModel
 
     if not isinstance(model, PeftModel) or distributed_world() > 1:
@@ -67,7 +66,7 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module | None:
     base = model.get_base_model()
     if getattr(base, "hf_quantizer", None) is not None or getattr(base, "hf_device_map", None):
         return None
-    merged = copy_module(model).merge_and_unload()
+    merged = deepcopy(model).merge_and_unload()
     # A forward patched onto an instance (TRL's fused LM head) is copied as a closure over the *original* model's
     # forward: the copy would run the trained model. The copy measures with its class's own forward.
     for module in merged.modules():
