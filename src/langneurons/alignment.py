@@ -22,6 +22,7 @@ from .data import correctness_pairs, load_jsonl, load_problems, sft_examples
 from .data import mapo, pairstore
 from .data.qalign import question_translation, translation_langs
 from .errors import HarnessError
+from .prompts import PromptFormat, prompt_format
 from .scoring import build_scorer, check_scorer_cfg, scorer_identity
 
 METHODS = ("dpo", "sft", "mapo", "qalign")
@@ -46,7 +47,7 @@ class TrainingSet:
     stats: dict[str, Any] | None = None
 
 
-def training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: str, seed: int, *,
+def training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: "str | PromptFormat", seed: int, *,
                  policy: Any = None, scorer: Mapping[str, Any] | None = None, out_dir: Path | None = None,
                  policy_from_config: bool = False) -> TrainingSet:
     """The examples the chosen method trains on, for the aligned languages ``langs``.
@@ -60,6 +61,7 @@ def training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: s
     answers: in a rare language it samples too few correct answers to pair).
     """
     method = _method(alignment)
+    template = prompt_format(template)
     if method == "mapo":
         return mapo_training_set(alignment, langs, template, seed, policy=policy, scorer=scorer, out_dir=out_dir,
                                  policy_from_config=policy_from_config)
@@ -72,11 +74,12 @@ def training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: s
     if method == "sft" and alignment.get("examples"):
         return TrainingSet(load_jsonl(alignment["examples"], ("prompt", "completion")))
     problems = load_problems(alignment["questions"], langs, template)
-    return TrainingSet(correctness_pairs(problems, seed) if method == "dpo" else sft_examples(problems, seed))
+    sep = template.sep
+    return TrainingSet(correctness_pairs(problems, seed, sep) if method == "dpo" else sft_examples(problems, seed, sep))
 
 
 # ---- MAPO ---------------------------------------------------------------------------------------------------------
-def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: str, seed: int, *,
+def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: "str | PromptFormat", seed: int, *,
                       policy: Any, scorer: Mapping[str, Any] | None, out_dir: Path | None = None,
                       policy_from_config: bool = False) -> TrainingSet:
     """MAPO pairs for ``langs`` (English is the reference, not aligned): read from the pair cache when the same
@@ -85,6 +88,7 @@ def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], templa
     if policy is None:
         raise HarnessError("alignment=mapo samples answers from the model being aligned: pass the loaded policy")
     check_scorer_cfg(scorer)
+    template = prompt_format(template)
     sampler_name = alignment.get("sampler", "hf")
     if sampler_name not in ("hf", "vllm"):
         raise HarnessError(f"unknown sampler {sampler_name!r}: use alignment.sampler=<hf|vllm>")
@@ -103,7 +107,7 @@ def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], templa
     parts = {
         "format": mapo.FORMAT, "policy": {"id": policy.model_id,
                                           "weights": pairstore.model_fingerprint(policy.model, policy.tokenizer)},
-        "questions": dict(alignment["questions"]), "langs": aligned, "template": template, "seed": seed,
+        "questions": dict(alignment["questions"]), "langs": aligned, "template": template.identity(), "seed": seed,
         "question_files": pairstore.folder_state(alignment["questions"].get("path")),
         "sampling": {"sampler": sampler_name, "k": k, "temperature": float(alignment["temperature"]),
                      "top_p": float(alignment.get("top_p", 1.0)), "max_new_tokens": int(alignment["max_new_tokens"]),
@@ -155,12 +159,12 @@ def _policy_device(model: torch.nn.Module) -> None:
         model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
 
 
-def _build_mapo_pairs(alignment: Mapping[str, Any], aligned: Sequence[str], template: str, seed: int, policy: Any,
-                      scorer_cfg: Mapping[str, Any], include_gold: bool) -> mapo.PairSet:
+def _build_mapo_pairs(alignment: Mapping[str, Any], aligned: Sequence[str], template: PromptFormat, seed: int,
+                      policy: Any, scorer_cfg: Mapping[str, Any], include_gold: bool) -> mapo.PairSet:
     problems = load_problems(alignment["questions"], ["en", *aligned], template)
     scorer = build_scorer(scorer_cfg)  # before sampling: a scorer that cannot load fails in seconds, not hours
     settings = dict(temperature=float(alignment["temperature"]), top_p=float(alignment.get("top_p", 1.0)),
-                    max_new_tokens=int(alignment["max_new_tokens"]), seed=seed)
+                    max_new_tokens=int(alignment["max_new_tokens"]), seed=seed, stops=template.stop)
     with tempfile.TemporaryDirectory(prefix="mapo-policy-") as tmp:
         if alignment.get("sampler", "hf") == "vllm":
             path = getattr(policy.model, "name_or_path", "")
@@ -175,7 +179,8 @@ def _build_mapo_pairs(alignment: Mapping[str, Any], aligned: Sequence[str], temp
             sampler = mapo.HFSampler(policy.model, policy.tokenizer,
                                      batch_size=int(alignment.get("sample_batch_size", 8)), **settings)
         pairs = mapo.build_pairs(problems, sampler, scorer, k=int(alignment["k"]), include_gold=include_gold,
-                                 eval_fraction=float(alignment.get("eval_fraction", 0.1)), seed=seed)
+                                 eval_fraction=float(alignment.get("eval_fraction", 0.1)), seed=seed,
+                                 sep=template.sep)
     del scorer, sampler
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the translation model (and vLLM) are done: their memory goes to training

@@ -29,6 +29,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from . import answer_language, evaluation
+from .prompts import PromptFormat, prompt_format
 from .errors import HarnessError
 from .metrics import load_math_accuracy
 from .neurons import GeneralRule, Identification, NeuronStats, collect_stats, identify, layer_distribution, make_batches
@@ -103,7 +104,7 @@ class NeuronCheckpointer:
 
     def __init__(self, *, tokenizer: Any, problems: Mapping[str, Dataset], probe_langs: Sequence[str],
                  eval_langs: Sequence[str], neurons: Mapping[str, Any], eval_cfg: Mapping[str, Any], out_dir: Path,
-                 model_id: str):
+                 model_id: str, template: "str | PromptFormat" = "mathoctopus"):
         probe = neurons.get("probe", "responses")
         if probe not in PROBES:
             raise HarnessError(f"unknown probe set {probe!r}: use neurons.probe=<{'|'.join(PROBES)}>")
@@ -118,6 +119,8 @@ class NeuronCheckpointer:
         self.eval_cfg = dict(eval_cfg)
         self.out_dir = Path(out_dir)
         self.model_id = model_id
+        self.format = prompt_format(template, tokenizer)  # the problems' prompts are in it: where answers end
+        self._stops: evaluation.AnswerStops | None = None  # built at the first checkpoint, reused
         self.previous: Identification | None = None
         self.start: Identification | None = None
 
@@ -155,6 +158,8 @@ class NeuronCheckpointer:
     def _answers(self, model: torch.nn.Module, langs: Sequence[str]) -> dict[str, list[str]]:
         out = {}
         world = distributed_world()
+        if self._stops is None:
+            self._stops = evaluation.AnswerStops(model, self.tokenizer, self.format.stop)
         for lang in langs:
             prompts = self._share(self.problems[lang]["prompt"])
             real = len(prompts)
@@ -164,7 +169,7 @@ class NeuronCheckpointer:
             out[lang] = evaluation.generate(
                 model, self.tokenizer, prompts, max_new_tokens=int(self.eval_cfg["max_new_tokens"]),
                 batch_size=int(self.eval_cfg["batch_size"]), progress=is_main_process(), desc=f"answering {lang}",
-                synced_gpus=True if world > 1 else None)[:real]
+                synced_gpus=True if world > 1 else None, stops=self._stops)[:real]
         return out
 
     def _accuracy(self, answers: Mapping[str, list[str]]) -> tuple[dict[str, float], dict[str, float]]:
@@ -198,12 +203,13 @@ class NeuronCheckpointer:
         for lang in self.probe_langs:
             rows = self.problems[lang]
             prompts = self._share(rows["prompt"])
+            sep = self.format.sep
             if probe == "responses":
-                # after a space, as the gold responses and the training pairs write them (the model generated its
-                # answer after the prompt; evaluation strips the leading space away)
-                texts = [" " + a if a else "" for a in answers[lang]]
+                # after the format's separator (a space for text formats), as the gold responses and the training
+                # pairs write them (the model generated its answer after the prompt; evaluation strips it away)
+                texts = [sep + a if a else "" for a in answers[lang]]
             elif probe == "gold":
-                texts = [" " + r for r in self._share(rows["response"])]
+                texts = [sep + r for r in self._share(rows["response"])]
             else:  # plain text: the question itself, every token counted
                 prompts, texts = self._share(rows["question"]), [""] * len(prompts)
             # the first n problems overall (as in one process), not n from every rank's share

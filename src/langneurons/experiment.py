@@ -17,9 +17,12 @@ from . import distributed, languages, tracking
 from .alignment import build_trainer, training_set
 from .callbacks import STEP_DIR, NeuronCheckpointCallback, NeuronCheckpointer, saved_steps
 from .data import load_problems
+from .data.problems import with_prompts
 from .data.synthetic import SYNTHETIC_LANGS
 from .errors import HarnessError
 from .modeling import LoadedModel, build_tiny_model, build_tokenizer, load_pretrained
+from .offline import OfflineCopy
+from .prompts import check_template, needs_tokenizer, prompt_format
 from .resume import last_trainer_checkpoint, resumed_config, write_record
 
 
@@ -95,7 +98,8 @@ def load_model(model_cfg: Mapping[str, Any], seed: int) -> LoadedModel:
     if model_cfg.get("name_or_path"):
         return load_pretrained(str(model_cfg["name_or_path"]), dtype=model_cfg.get("dtype", "auto"),
                                revision=model_cfg.get("revision"),
-                               trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+                               trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+                               offline=OfflineCopy.from_config(model_cfg.get("offline")))
     if model_cfg.get("pretrain"):
         from .base import base_tokenizer, tiny_base
 
@@ -135,14 +139,22 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[st
     aligned = languages.resolve(cfg["lang"])
     probe = languages.resolve(cfg["probe_langs"])
     evaluated = languages.resolve(cfg["eval_langs"])
-    template = cfg["model"]["prompt_template"]
-    eval_problems = load_problems(cfg["data"], list(dict.fromkeys([*evaluated, *probe])), template)
+    # The problems are read before the model loads (a bad data file fails at once); a format that needs the model's
+    # tokenizer (chat) writes their prompts once it is loaded.
+    name = cfg["model"]["prompt_template"]
+    check_template(name)
+    eval_problems = load_problems(cfg["data"], list(dict.fromkeys([*evaluated, *probe])),
+                                  name if not needs_tokenizer(name) else "plain")
     base_dir = run_dir / "base_model"
     if resume_from is not None and base_dir.is_dir():  # the very base the run started from
         loaded = load_pretrained(str(base_dir), dtype=cfg["model"].get("dtype", "auto"))
         loaded.model_id = record.get("model_id") or loaded.model_id
     else:
         loaded = load_model(cfg["model"], seed)
+    # Training pairs, evaluation questions and probes are all written in the model's format (chat: its template).
+    template = prompt_format(name, loaded.tokenizer)
+    if needs_tokenizer(name):
+        eval_problems = with_prompts(eval_problems, template)
     if not cfg["model"].get("name_or_path") and resume_from is None and distributed.is_rank_zero():
         # The tiny model's random base is part of the result: keep it so the adapter can be reloaded later.
         loaded.model.save_pretrained(run_dir / "base_model")
@@ -171,7 +183,8 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[st
         if cfg["neurons"].get("enabled", True):
             checkpointer = NeuronCheckpointer(
                 tokenizer=loaded.tokenizer, problems=eval_problems, probe_langs=probe, eval_langs=evaluated,
-                neurons=cfg["neurons"], eval_cfg=cfg["eval"], out_dir=run_dir / "neurons", model_id=loaded.model_id)
+                neurons=cfg["neurons"], eval_cfg=cfg["eval"], out_dir=run_dir / "neurons", model_id=loaded.model_id,
+                template=template)
             logger = (tracking.CheckpointLogger(run, image=cfg["neurons"].get("image", True),
                                                 artifact=cfg["neurons"].get("artifact", True))
                       if run is not None else None)

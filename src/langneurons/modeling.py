@@ -6,6 +6,7 @@ raises ``ModelLoadError`` with one line that names the model, says what was trie
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .errors import ModelLoadError
+from .offline import OfflineCopy, converted_folder
+
+log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
@@ -79,8 +83,9 @@ def build_tiny_model(arch: Mapping[str, Any], tokenizer: PreTrainedTokenizerFast
 
 
 def load_pretrained(name_or_path: str, dtype: str | None = "auto", revision: str | None = None,
-                    trust_remote_code: bool = False) -> LoadedModel:
-    """Load a causal LM and its tokenizer from a local folder, the HF cache, or the hub (in that order).
+                    trust_remote_code: bool = False, offline: OfflineCopy | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a local folder, the HF cache, the hub, or (when the hub cannot serve
+    it) the model's ``offline`` copy from the package registry, converted once and cached; in that order.
 
     Raises ``ModelLoadError`` (one line: the model, what was tried, how to fix it) when none of them has it.
     """
@@ -103,11 +108,20 @@ def load_pretrained(name_or_path: str, dtype: str | None = "auto", revision: str
     fix = (f"download it where the hub is reachable (`hf download {name_or_path}`) and pass "
            f"model.name_or_path=/local/dir, or set HF_HOME to a cache that holds it")
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        raise ModelLoadError(f"model {name_or_path!r} could not be loaded: {tried}, and HF_HUB_OFFLINE is set; {fix}")
-    problem = _hub_problem(name_or_path, revision)
-    if problem is not None:
-        raise ModelLoadError(f"model {name_or_path!r} could not be loaded: {tried}, and {problem}; {fix}")
-    return _load(name_or_path, torch_dtype, kwargs, source="the hub")
+        problem = "HF_HUB_OFFLINE is set"
+    else:
+        problem = _hub_problem(name_or_path, revision)
+        if problem is None:
+            return _load(name_or_path, torch_dtype, kwargs, source="the hub")
+    if offline is not None:
+        if offline.is_installed():
+            log.info("model %s: %s; loading its offline copy (%s)", name_or_path, problem, offline.requirement)
+            folder = converted_folder(offline, name_or_path)
+            loaded = _load(str(folder), torch_dtype, {}, source=f"the converted offline copy {folder}")
+            loaded.model_id = offline.model_id(name_or_path)
+            return loaded
+        fix = f"install its offline copy ({offline.requirement}): `{offline.install}`; or {fix}"
+    raise ModelLoadError(f"model {name_or_path!r} could not be loaded: {tried}, and {problem}; {fix}")
 
 
 def _load(name: str, dtype: torch.dtype, kwargs: dict[str, Any], source: str) -> LoadedModel:

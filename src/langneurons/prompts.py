@@ -1,32 +1,164 @@
-"""Prompt templates and answer formatting: how questions are put to a model and answers written back."""
+"""Prompt formats and answer formatting: how questions are put to a model, where its answer ends, and how answers
+are written back.
+
+A *prompt format* is chosen per model (``model.prompt_template``) and used for everything the model reads: the
+training pairs, the evaluation questions and the probe set, so the three always agree.
+
+- ``mathoctopus``: the MathOctopus / MAPO instruction template (the paper's models);
+- ``plain``: the question, then the answer on the next line (the harness's own tiny base was pretrained on it);
+- ``fewshot``: for a pretrained *base* model that was never instruction-tuned: a few worked examples in the asked
+  language (generated problems, never an evaluation problem), then ``Question: <q>\\nAnswer:``. The examples show the
+  model the answer's form and language; a base model then writes one worked line and goes on with a new question,
+  where the answer is cut;
+- ``chat``: an instruction-tuned model's own chat template (``tokenizer.apply_chat_template``), the question as the
+  user's turn.
+
+Every format names the strings that end an answer (``stop``): generation stops at them (and at the model's EOS /
+end-of-turn tokens), and the answer is the text before the first of them.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from . import languages
 from .errors import HarnessError
 
-# The template of MathOctopus / MAPO models (SCIENCE.md section 4). Responses follow "### Response:" directly.
-TEMPLATES: dict[str, str] = {
-    "mathoctopus": (
+# Where a model that keeps writing starts the next instruction of the MathOctopus template.
+INSTRUCTION_STOPS = ("\n\n###", "\n### ", "### Instruction")
+# A base model given "Question: ...\nAnswer:" examples goes on with a blank line and the next question.
+QUESTION_STOPS = ("\n\n", "\nQuestion:", "Question:")
+
+FEWSHOT_EXAMPLE = "Question: {query}\nAnswer: {response}\n\n"
+FEWSHOT_QUERY = "Question: {query}\nAnswer:"
+# The user's turn of the chat format: the question and the language to answer in. (Asking a 135M model to end
+# with a fixed sentence "with N the final number" made it write that sentence with a literal N.)
+CHAT_INSTRUCTION = "{query}\n\nAnswer in {language}."
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How one model is prompted: a ``str.format`` text with ``{language}`` and ``{query}`` (or the tokenizer's chat
+    template when ``chat``), the strings that end an answer, and what goes between a prompt and a response."""
+
+    name: str
+    text: str | None = None
+    stop: tuple[str, ...] = ()
+    sep: str = " "  # responses follow the prompt after a space ("### Response: 12 + 5 = 17. ...")
+    shots: int = 0  # fewshot: worked examples before the question
+    chat: bool = False
+    tokenizer: Any = field(default=None, compare=False, repr=False)
+
+    def identity(self) -> Any:
+        """What cache keys record of this format: its name for the fixed text formats (the keys of entries built
+        before formats were objects stay valid), else the name, the number of shots and the chat template's hash."""
+        if not self.chat and not self.shots:
+            return self.name
+        out: dict[str, Any] = {"name": self.name, "shots": self.shots}
+        if self.chat:
+            out["chat_template"] = hashlib.sha256(str(self.tokenizer.chat_template).encode()).hexdigest()[:16]
+        return out
+
+
+FORMATS: dict[str, PromptFormat] = {
+    "mathoctopus": PromptFormat(
+        "mathoctopus",
         "Below is an instruction that describes a task. Write a response that appropriately completes the request "
-        "in {language}. Please answer in {language}.\n\n### Instruction:\n{query}\n\n### Response:"
-    ),
-    # For base models that were never instruction-tuned: the question, then the answer on the next line.
-    "plain": "{query}\n",
+        "in {language}. Please answer in {language}.\n\n### Instruction:\n{query}\n\n### Response:",
+        stop=INSTRUCTION_STOPS),
+    # The tiny base was pretrained on these prompts; it ends its answers with EOS. The instruction stops are kept
+    # as the tiny runs always cut answers there.
+    "plain": PromptFormat("plain", "{query}\n", stop=INSTRUCTION_STOPS),
+    "fewshot": PromptFormat("fewshot", FEWSHOT_QUERY, stop=QUESTION_STOPS, shots=3),
+    "chat": PromptFormat("chat", CHAT_INSTRUCTION, stop=(), sep="", chat=True),
 }
+TEMPLATES = tuple(FORMATS)
 
 
-def format_prompt(question: str, lang: str, template: str = "mathoctopus") -> str:
-    """The prompt for ``question`` written in language ``lang`` under the named template."""
-    try:
-        fmt = TEMPLATES[template]
-    except KeyError:
-        raise HarnessError(
-            f"unknown prompt template {template!r}: use one of {', '.join(TEMPLATES)} (model.prompt_template=...)"
-        ) from None
-    return fmt.format(language=languages.get(lang).name, query=question)
+def check_template(name: str) -> None:
+    """A one-line :class:`HarnessError` when ``name`` is not a prompt format."""
+    if name not in FORMATS:
+        raise HarnessError(f"unknown prompt template {name!r}: use one of {', '.join(FORMATS)} "
+                           "(model.prompt_template=...)")
+
+
+def needs_tokenizer(name: str) -> bool:
+    """Whether the format ``name`` is rendered by the model's tokenizer (chat), so prompts wait for the model."""
+    return FORMATS[name].chat
+
+
+def prompt_format(template: "str | PromptFormat", tokenizer: Any = None) -> PromptFormat:
+    """The format named ``template`` (``model.prompt_template``), bound to ``tokenizer`` where it needs one (chat).
+
+    Raises a one-line :class:`HarnessError` for an unknown name, or for ``chat`` with a tokenizer that has no chat
+    template (a base model: use ``fewshot``)."""
+    if isinstance(template, PromptFormat):
+        return template
+    check_template(template)
+    fmt = FORMATS[template]
+    if fmt.chat:
+        if tokenizer is None:
+            raise HarnessError("model.prompt_template=chat renders the model's chat template: it needs the model's "
+                               "tokenizer (load the model first)")
+        if not getattr(tokenizer, "chat_template", None):
+            raise HarnessError(f"model.prompt_template=chat, but the tokenizer {type(tokenizer).__name__} has no chat "
+                               "template (a base model?): use model.prompt_template=fewshot or mathoctopus")
+        return PromptFormat(fmt.name, fmt.text, fmt.stop, fmt.sep, fmt.shots, True, tokenizer)
+    return fmt
+
+
+def format_prompt(question: str, lang: str, template: "str | PromptFormat" = "mathoctopus",
+                  shots: Sequence[tuple[str, str]] = ()) -> str:
+    """The prompt for ``question`` written in language ``lang`` under ``template`` (a name or a format).
+    ``shots``: worked (question, response) examples in ``lang``, shown first by the ``fewshot`` format."""
+    fmt = prompt_format(template)
+    language = languages.get(lang)
+    if fmt.chat:
+        content = fmt.text.format(query=question, language=language.name)
+        text = fmt.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return _without_added_bos(text, fmt.tokenizer)
+    prefix = "".join(FEWSHOT_EXAMPLE.format(query=q, response=r) for q, r in shots) if fmt.shots else ""
+    return prefix + fmt.text.format(language=language.name, query=question)
+
+
+def _without_added_bos(text: str, tokenizer: Any) -> str:
+    """A chat template that writes the BOS token itself, for a tokenizer that adds one too, would give two: every
+    prompt is tokenized with the tokenizer's special tokens, so the template's own BOS goes."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos):
+        ids = tokenizer("x")["input_ids"]
+        if ids and ids[0] == tokenizer.bos_token_id:
+            return text[len(bos):]
+    return text
+
+
+def response_sep(template: "str | PromptFormat") -> str:
+    """What goes between a prompt of ``template`` and a response to it (gold, sampled, or probed)."""
+    fmt = template if isinstance(template, PromptFormat) else FORMATS.get(template)
+    return fmt.sep if fmt is not None else " "
+
+
+def stop_strings(template: "str | PromptFormat") -> tuple[str, ...]:
+    """The strings at which an answer under ``template`` ends."""
+    if isinstance(template, PromptFormat):
+        return template.stop
+    fmt = FORMATS.get(template)
+    return fmt.stop if fmt is not None else INSTRUCTION_STOPS
+
+
+def trim_answer(text: str, stops: Sequence[str] = INSTRUCTION_STOPS) -> str:
+    """A generated continuation cut at the first of ``stops``, stripped: what follows (a new question, another
+    instruction) is not part of the answer, and its numbers must not decide it."""
+    cut = len(text)
+    for marker in stops:
+        at = text.find(marker)
+        if 0 <= at < cut:
+            cut = at
+    return text[:cut].strip()
 
 
 def format_number(x: float) -> str:

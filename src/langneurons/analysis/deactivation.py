@@ -14,7 +14,9 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import DataError, HarnessError
 from ..modeling import LoadedModel, load_pretrained
+from ..offline import OfflineCopy
 from ..neurons import Identification, deactivate, make_batches, perplexity
+from ..prompts import prompt_format
 from .sources import Run, step_folders
 from .table import Table
 
@@ -83,26 +85,29 @@ def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
 def deactivation_effects(model: Any, tokenizer: Any, ident: Identification, problems: Mapping[str, Any], *,
                          modes: Sequence[str] = tuple(MODES), deactivated: Sequence[str] | None = None,
                          accuracy: bool = False, batch_size: int = 8, max_length: int | None = 512,
-                         max_new_tokens: int = 64, progress: bool = False) -> DeactivationResult:
+                         max_new_tokens: int = 64, progress: bool = False,
+                         template: Any = "mathoctopus") -> DeactivationResult:
     """Perplexity (and optionally accuracy) of every language of ``problems`` with each language's neurons zeroed.
 
     ``problems[lang]``: rows with ``prompt``, ``response`` (the gold response) and ``answer`` (as
-    ``data.load_problems`` gives them); ``ident``: the identification of this model's checkpoint.
+    ``data.load_problems`` gives them); ``ident``: the identification of this model's checkpoint; ``template``: the
+    prompt format of the problems (where answers end, what separates a prompt from its response).
     """
+    fmt = prompt_format(template, tokenizer)
     modes = check_modes(modes)
     langs = tuple(lang for lang in ident.langs if lang in problems)
     missing = [lang for lang in ident.langs if lang not in problems]
     if not langs:
         raise DataError(f"no problems for any language of the identification ({', '.join(ident.langs)})")
     deactivated = tuple(deactivated or ident.langs)
-    examples = [(p, " " + r, lang) for lang in langs for p, r in zip(problems[lang]["prompt"], problems[lang]["response"])]
+    examples = [(p, fmt.sep + r, lang) for lang in langs for p, r in zip(problems[lang]["prompt"], problems[lang]["response"])]
     batches = make_batches(tokenizer, examples, langs, count="response", batch_size=batch_size, max_length=max_length)
     baseline = perplexity(model, batches, langs, progress=progress)
     result = DeactivationResult(langs, deactivated, modes, baseline, {}, {})
     if missing:
         result.notes.append(f"no problems for {', '.join(missing)}: not measured")
     if accuracy:
-        result.baseline_accuracy = _accuracy(model, tokenizer, problems, langs, batch_size, max_new_tokens)
+        result.baseline_accuracy = _accuracy(model, tokenizer, problems, langs, batch_size, max_new_tokens, fmt.stop)
         result.accuracy = {}
     for mode in modes:
         result.ppl[mode], result.zeroed[mode] = {}, {}
@@ -115,19 +120,20 @@ def deactivation_effects(model: Any, tokenizer: Any, ident: Identification, prob
                 result.ppl[mode][a] = perplexity(model, batches, langs, progress=progress)
                 if accuracy:
                     result.accuracy[mode][a] = _accuracy(model, tokenizer, problems, langs, batch_size,
-                                                         max_new_tokens)
+                                                         max_new_tokens, fmt.stop)
     return result
 
 
-def _accuracy(model, tokenizer, problems, langs, batch_size, max_new_tokens) -> dict[str, float]:
-    from ..evaluation import generate
+def _accuracy(model, tokenizer, problems, langs, batch_size, max_new_tokens, stops) -> dict[str, float]:
+    from ..evaluation import AnswerStops, generate
     from ..metrics import load_math_accuracy
 
     metric = load_math_accuracy()
     out = {}
+    end = AnswerStops(model, tokenizer, stops)
     for lang in langs:
         answers = generate(model, tokenizer, list(problems[lang]["prompt"]), max_new_tokens=max_new_tokens,
-                           batch_size=batch_size)
+                           batch_size=batch_size, stops=end)
         out[lang] = float(metric.compute(predictions=answers, references=list(problems[lang]["answer"]))["accuracy"])
     return out
 
@@ -169,7 +175,8 @@ def load_checkpoint_model(run: Run, step: int, *, model: str | None = None, adap
     elif model_cfg.get("name_or_path"):
         base = load_pretrained(str(model_cfg["name_or_path"]), dtype=dtype or model_cfg.get("dtype", "auto"),
                                revision=model_cfg.get("revision"),
-                               trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+                               trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+                               offline=OfflineCopy.from_config(model_cfg.get("offline")))
     elif run.path is not None and (run.path / "base_model" / "config.json").is_file():
         base = load_pretrained(str(run.path / "base_model"), dtype=dtype or "fp32")
     else:
@@ -188,9 +195,10 @@ def load_checkpoint_model(run: Run, step: int, *, model: str | None = None, adap
 
 
 def load_probe_problems(run: Run, langs: Sequence[str], data: Mapping[str, Any] | None, n: int | None,
-                        template: str | None = None) -> dict[str, Any]:
+                        template: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Problems (prompt, gold response, answer) for ``langs``: the run's evaluation data unless ``data`` names
-    another set (``source``: synthetic | mgsm | msvamp, ``path``), cut to ``n`` per language."""
+    another set (``source``: synthetic | mgsm | msvamp, ``path``), cut to ``n`` per language, in the run's prompt
+    format unless ``template`` names another (``tokenizer``: the model's, for the chat format)."""
     from ..data import load_problems
 
     spec = dict(run.config.get("data") or {})
@@ -201,5 +209,10 @@ def load_probe_problems(run: Run, langs: Sequence[str], data: Mapping[str, Any] 
                            "mgsm|msvamp> (and data.path=...)")
     if n is not None:
         spec["n"] = int(n)
-    template = template or (run.config.get("model") or {}).get("prompt_template", "mathoctopus")
-    return load_problems(spec, list(langs), template)
+    template = template or run_prompt_template(run)
+    return load_problems(spec, list(langs), prompt_format(template, tokenizer))
+
+
+def run_prompt_template(run: Run) -> str:
+    """The prompt format a run's model was prompted in (``model.prompt_template`` of its config)."""
+    return (run.config.get("model") or {}).get("prompt_template", "mathoctopus")

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import HarnessError
 from ..neurons import layer_distribution
+from ..prompts import prompt_format
 from . import figures
 from .change import layer_change, shared_by, spontaneous_alignment, stage_change
 from .counts import counts_over_steps
@@ -243,7 +244,7 @@ def deactivation_section(runs: Sequence[Run], step: int | str = "last", *, model
                          deactivated: Sequence[str] | None = None, accuracy: bool = False, batch_size: int = 8,
                          max_new_tokens: int = 64) -> Section:
     """(f) deactivation heatmaps for one checkpoint of every run (its base model + the adapter of that step)."""
-    from .deactivation import deactivation_effects, load_checkpoint_model, load_probe_problems
+    from .deactivation import deactivation_effects, load_checkpoint_model, load_probe_problems, run_prompt_template
 
     section = Section("deactivation", "Deactivating language neurons", intro=(
         "Language A's neurons are zeroed after act_fn (specific; specific + related; + the general set) and the "
@@ -256,10 +257,11 @@ def deactivation_section(runs: Sequence[Run], step: int | str = "last", *, model
             if ckpt.ident is None:
                 raise HarnessError(f"step {ckpt.step} has no identification")
             loaded = load_checkpoint_model(run, ckpt.step, model=model, adapter=adapter)
-            problems = load_probe_problems(run, ckpt.ident.langs, data, n)
+            problems = load_probe_problems(run, ckpt.ident.langs, data, n, tokenizer=loaded.tokenizer)
             result = deactivation_effects(loaded.model, loaded.tokenizer, ckpt.ident, problems, modes=modes,
                                           deactivated=deactivated, accuracy=accuracy, batch_size=batch_size,
-                                          max_new_tokens=max_new_tokens)
+                                          max_new_tokens=max_new_tokens,
+                                          template=prompt_format(run_prompt_template(run), loaded.tokenizer))
             return ckpt, result
 
         got = guarded(section, run.label, one)

@@ -13,10 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from ..errors import HarnessError
+from .. import filecache
 from ..modeling import LoadedModel, build_tiny_model, build_tokenizer
 from . import corpus as corpus_mod
 from .pretrain import pretrain
@@ -35,8 +33,6 @@ log = logging.getLogger(__name__)
 # Bump when the build itself changes (loop, corpus, tokenizer recipe): old entries stop matching.
 BUILD_VERSION = 2
 MANIFEST = "pretrain.json"
-_TMP_PREFIX = ".tmp-"
-_STALE_TMP_SECONDS = 6 * 3600
 # Keys of the pretrain block that say where or whether, not what: they do not change the weights.
 _NOT_IN_KEY = ("enabled", "cache_dir", "log_every")
 _TOKENIZER_DOCS = 4000
@@ -83,11 +79,9 @@ def cache_key(model_cfg: Mapping[str, Any]) -> str:
 
 
 def cache_root(model_cfg: Mapping[str, Any]) -> Path:
-    raw = model_cfg["pretrain"].get("cache_dir")
-    if not raw:
-        raise HarnessError("model.pretrain.cache_dir is empty: give a folder for the pretrained tiny base "
-                           "(default ~/.cache/langneurons/tiny-base, or set LANGNEURONS_CACHE)")
-    return Path(os.path.expandvars(str(raw))).expanduser()
+    """The folder of the tiny base's cache entries (created)."""
+    return filecache.cache_root(model_cfg["pretrain"].get("cache_dir"), "the pretrained tiny base",
+                                "model.pretrain.cache_dir")
 
 
 def is_complete(entry: Path) -> bool:
@@ -114,16 +108,11 @@ def tiny_base(model_cfg: Mapping[str, Any], *, progress: bool = True) -> LoadedM
     if is_complete(entry):
         log.info("tiny base: reusing the cached pretrained model %s", entry)
         return load_entry(entry)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise HarnessError(f"model.pretrain.cache_dir={root} cannot be created ({e.strerror}): point it (or "
-                           "LANGNEURONS_CACHE) at a writable folder") from None
-    with _lock(root / f"{key}.lock"):
+    with filecache.exclusive_lock(root / f"{key}.lock", "tiny base"):
         if is_complete(entry):  # another process built it while this one waited
             log.info("tiny base: reusing the pretrained model another process just built, %s", entry)
             return load_entry(entry)
-        _remove_stale_tmp(root)
+        filecache.remove_stale_tmp(root)
         log.info("tiny base: pretraining it once for this configuration (a few minutes on a CPU; cached in %s)",
                  entry)
         build(model_cfg, entry, progress=progress)
@@ -133,8 +122,7 @@ def tiny_base(model_cfg: Mapping[str, Any], *, progress: bool = True) -> LoadedM
 def build(model_cfg: Mapping[str, Any], entry: Path, *, progress: bool = True) -> Path:
     """Pretrain the base ``model_cfg`` describes and save it as cache entry ``entry`` (atomically)."""
     pre = model_cfg["pretrain"]
-    tmp = entry.with_name(f"{_TMP_PREFIX}{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    tmp.mkdir(parents=True)
+    tmp = filecache.tmp_sibling(entry)
     try:
         started = time.perf_counter()
         steps, batch_size = int(pre["steps"]), int(pre["batch_size"])
@@ -150,11 +138,7 @@ def build(model_cfg: Mapping[str, Any], entry: Path, *, progress: bool = True) -
         manifest = {"key": entry.name, "material": key_material(model_cfg), "report": report.to_dict(),
                     "build_seconds": round(time.perf_counter() - started, 2)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        try:
-            tmp.rename(entry)
-        except OSError:
-            if not is_complete(entry):  # not "someone else finished first": a real failure
-                raise
+        filecache.publish(tmp, entry, is_complete)
         log.info("tiny base: pretrained in %.0f s (final loss %.3f), saved to %s", manifest["build_seconds"],
                  report.final_loss, entry)
     finally:
@@ -173,34 +157,3 @@ def _threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` for the block (released by the OS if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks (Windows): concurrent builders each build; the rename keeps one
-        yield
-        return
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("tiny base: another process is building it; waiting for %s", path)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _remove_stale_tmp(root: Path) -> None:
-    """Temporary folders of builds that crashed long ago (a running build's folder is younger)."""
-    now = time.time()
-    for path in root.glob(f"{_TMP_PREFIX}*"):
-        try:
-            if now - path.stat().st_mtime > _STALE_TMP_SECONDS:
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass

@@ -17,7 +17,8 @@ import torch
 from datasets import Dataset
 
 from ..errors import HarnessError
-from ..evaluation import eval_mode, padding_side, trim_answer
+from ..evaluation import AnswerStops, eval_mode, padding_side
+from ..prompts import INSTRUCTION_STOPS, trim_answer
 from ..scoring import Scorer, is_correct
 
 ENGLISH = "en"
@@ -66,10 +67,11 @@ def split_ids(ids: Sequence[int], eval_fraction: float, seed: int) -> set[int]:
 
 
 def build_pairs(problems: Mapping[str, Dataset], sampler: Sampler, scorer: Scorer, *, k: int,
-                include_gold: bool = False, eval_fraction: float = 0.1, seed: int = 0) -> PairSet:
+                include_gold: bool = False, eval_fraction: float = 0.1, seed: int = 0, sep: str = " ") -> PairSet:
     """MAPO pairs for every non-English language in ``problems`` (which must hold ``en``, the parallel English
     questions, with the same ids). ``include_gold`` adds each question's gold response as a candidate and as an
-    English reference. One sampler call for all prompts; one scorer call per question."""
+    English reference. One sampler call for all prompts; one scorer call per question. ``sep``: what the prompt
+    format writes between a prompt and its response."""
     if ENGLISH not in problems:
         raise HarnessError("MAPO needs the parallel English questions: the problem set must include 'en'")
     aligned = [lang for lang in problems if lang != ENGLISH]
@@ -109,7 +111,7 @@ def build_pairs(problems: Mapping[str, Dataset], sampler: Sampler, scorer: Score
             pairs = mapo_pairs(texts, rewards, correct)
             with_pairs[lang] += bool(pairs)
             for i, j in pairs:
-                record = {"prompt": row["prompt"], "chosen": " " + texts[i], "rejected": " " + texts[j],
+                record = {"prompt": row["prompt"], "chosen": sep + texts[i], "rejected": sep + texts[j],
                           "lang": lang, "id": int(row["id"]), "chosen_reward": float(rewards[i]),
                           "rejected_reward": float(rewards[j])}
                 (held if row["id"] in held_out else train).append(record)
@@ -156,8 +158,10 @@ class HFSampler:
     (the global random state is left untouched, so training is the same whether pairs were cached or not)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, temperature: float = 0.8, top_p: float = 1.0,
-                 max_new_tokens: int = 64, batch_size: int = 8, seed: int = 0):
+                 max_new_tokens: int = 64, batch_size: int = 8, seed: int = 0,
+                 stops: Sequence[str] = INSTRUCTION_STOPS):
         self.model, self.tokenizer = model, tokenizer
+        self.stops = tuple(stops)
         self.temperature, self.top_p = float(temperature), float(top_p)
         self.max_new_tokens, self.batch_size, self.seed = int(max_new_tokens), int(batch_size), int(seed)
 
@@ -167,6 +171,7 @@ class HFSampler:
         device = next(self.model.parameters()).device
         cuda = [device.index or 0] if device.type == "cuda" else []
         out: list[list[str]] = []
+        end = AnswerStops(self.model, self.tokenizer, self.stops)
         with torch.random.fork_rng(devices=cuda), eval_mode(self.model), torch.no_grad(), \
                 padding_side(self.tokenizer, "left"):
             torch.manual_seed(self.seed)
@@ -175,10 +180,9 @@ class HFSampler:
                                      padding=True).to(device)
                 ids = self.model.generate(**enc, do_sample=True, temperature=self.temperature, top_p=self.top_p,
                                           top_k=0, num_return_sequences=k, max_new_tokens=self.max_new_tokens,
-                                          pad_token_id=self.tokenizer.pad_token_id,
-                                          eos_token_id=self.tokenizer.eos_token_id)
+                                          pad_token_id=self.tokenizer.pad_token_id, **end.generate_kwargs())
                 texts = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                out.extend([trim_answer(t) for t in texts[i:i + k]] for i in range(0, len(texts), k))
+                out.extend([end.trim(t) for t in texts[i:i + k]] for i in range(0, len(texts), k))
         return out
 
 
@@ -186,17 +190,19 @@ class VLLMSampler:
     """Temperature sampling with vLLM (``alignment.sampler=vllm``), for long answers from large models."""
 
     def __init__(self, model_path: str, *, temperature: float = 0.8, top_p: float = 1.0, max_new_tokens: int = 64,
-                 seed: int = 0, gpu_memory_utilization: float = 0.4):
+                 seed: int = 0, gpu_memory_utilization: float = 0.4, stops: Sequence[str] = INSTRUCTION_STOPS):
         from vllm import LLM, SamplingParams  # checked by require_vllm before we get here
 
         self.llm = LLM(model=model_path, seed=seed, gpu_memory_utilization=gpu_memory_utilization)
-        self.params = dict(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+        self.stops = tuple(stops)
+        self.params = dict(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+                           stop=list(self.stops) or None)
         self._sampling_params = SamplingParams
 
     def sample(self, prompts: Sequence[str], k: int) -> list[list[str]]:
         params = self._sampling_params(n=k, **self.params)
         results = self.llm.generate(list(prompts), params)
-        return [[trim_answer(o.text) for o in r.outputs] for r in results]
+        return [[trim_answer(o.text, self.stops) for o in r.outputs] for r in results]
 
 
 def require_vllm() -> None:

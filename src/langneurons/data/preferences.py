@@ -22,25 +22,26 @@ def wrong_result(answer: float, rng: random.Random) -> float:
     return rng.choice(sorted(candidates))
 
 
-def correctness_pairs(problems: Mapping[str, Dataset], seed: int = 0) -> Dataset:
+def correctness_pairs(problems: Mapping[str, Dataset], seed: int = 0, sep: str = " ") -> Dataset:
     """One DPO pair per problem and language: chosen states the gold number in the asked language, rejected a
     wrong one (same language, same form), so the preference is about correctness alone.
 
-    Columns: prompt, chosen, rejected, lang, id. TRL's DPOTrainer reads prompt/chosen/rejected.
+    Columns: prompt, chosen, rejected, lang, id. TRL's DPOTrainer reads prompt/chosen/rejected. ``sep``: what the
+    prompt format writes between a prompt and its response.
     """
     rng = random.Random(seed)
 
     def pair(row: dict) -> dict:
         wrong = wrong_result(row["answer"], rng)
-        return {"chosen": " " + row["response"], "rejected": " " + format_response(wrong, row["lang"], row["expression"])}
+        return {"chosen": sep + row["response"], "rejected": sep + format_response(wrong, row["lang"], row["expression"])}
 
     parts = [ds.map(pair).select_columns(["prompt", "chosen", "rejected", "lang", "id"]) for ds in problems.values()]
     return concatenate_datasets(parts).shuffle(seed=seed)
 
 
-def sft_examples(problems: Mapping[str, Dataset], seed: int = 0) -> Dataset:
+def sft_examples(problems: Mapping[str, Dataset], seed: int = 0, sep: str = " ") -> Dataset:
     """Prompt/completion pairs (the gold response) for SFT; TRL computes the loss on the completion only."""
-    parts = [ds.map(lambda r: {"completion": " " + r["response"]}).select_columns(["prompt", "completion", "lang", "id"])
+    parts = [ds.map(lambda r: {"completion": sep + r["response"]}).select_columns(["prompt", "completion", "lang", "id"])
              for ds in problems.values()]
     return concatenate_datasets(parts).shuffle(seed=seed)
 

@@ -22,15 +22,20 @@ from datasets import Dataset
 
 from .. import languages
 from ..errors import DataError
-from ..prompts import format_prompt, format_response, parse_number
+from ..prompts import PromptFormat, format_prompt, format_response, parse_number, prompt_format
 from . import synthetic
 
 SOURCES = ("synthetic", "mgsm", "msvamp")
 HUB_IDS = {"mgsm": "juletxara/mgsm", "msvamp": "Mathoctopus/MSVAMP"}
+# The fewshot format's worked examples: generated problems from this id on, far from every id the harness trains
+# (0..), evaluates (100000..) or pretrains (1000000..) on.
+FEWSHOT_OFFSET = 900000
 
 
-def load_problems(spec: Mapping[str, Any], langs: Sequence[str], template: str = "mathoctopus") -> dict[str, Dataset]:
-    """Load the problem set described by ``spec`` for each language in ``langs``.
+def load_problems(spec: Mapping[str, Any], langs: Sequence[str],
+                  template: "str | PromptFormat" = "mathoctopus") -> dict[str, Dataset]:
+    """Load the problem set described by ``spec`` for each language in ``langs``, prompts in ``template`` (a format
+    name, or a :class:`PromptFormat` bound to the model's tokenizer for ``chat``).
 
     ``spec`` keys: ``source`` (synthetic | mgsm | msvamp); ``path`` (a local folder or a hub id, for mgsm/msvamp);
     ``n`` (rows to keep, all when null); ``offset`` (first row id); ``seed`` (generated sets only).
@@ -56,10 +61,35 @@ def load_problems(spec: Mapping[str, Any], langs: Sequence[str], template: str =
         if not lang_rows:
             raise DataError(f"the {source} problem set has no rows for {lang!r} (n={n}, offset={offset}): "
                             "ask for at least one row")
-    return {
-        lang: Dataset.from_list([{**r, "prompt": format_prompt(r["question"], lang, template)} for r in lang_rows])
-        for lang, lang_rows in rows.items()
-    }
+    fmt = prompt_format(template)
+    out = {}
+    for lang, lang_rows in rows.items():
+        shots = fewshot_examples(lang, fmt.shots)
+        out[lang] = Dataset.from_list([{**r, "prompt": format_prompt(r["question"], lang, fmt, shots)}
+                                       for r in lang_rows])
+    return out
+
+
+def with_prompts(problems: Mapping[str, Dataset], template: "str | PromptFormat") -> dict[str, Dataset]:
+    """``problems`` with their prompts written anew in ``template`` (e.g. the chat format, once the model's
+    tokenizer is loaded)."""
+    fmt = prompt_format(template)
+    out = {}
+    for lang, ds in problems.items():
+        shots = fewshot_examples(lang, fmt.shots)
+        # from_list, not map: map would hash the closure, and with it a chat model's whole tokenizer
+        out[lang] = Dataset.from_list([{**r, "prompt": format_prompt(r["question"], lang, fmt, shots)} for r in ds])
+    return out
+
+
+def fewshot_examples(lang: str, n: int) -> list[tuple[str, str]]:
+    """``n`` worked (question, response) examples in ``lang`` for the fewshot format: generated problems with their
+    gold responses, the same ids in every language (so the examples are parallel too)."""
+    examples = []
+    for pid in range(FEWSHOT_OFFSET, FEWSHOT_OFFSET + n):
+        p = synthetic.problem(0, pid)
+        examples.append((synthetic.render_question(p, lang), format_response(p.answer, lang, synthetic.expression(p))))
+    return examples
 
 
 def _row(pid: int, lang: str, question: str, answer: float, expression: str = "") -> dict[str, Any]:

@@ -3,7 +3,7 @@
 The model sees a question in language x and learns to write the parallel English question; no answers are shown.
 Prompt: the model's prompt template around the x question, asking for a response in English (mathoctopus:
 "... completes the request in English. Please answer in English.\\n\\n### Instruction:\\n{x question}\\n\\n
-### Response:"); completion: " " + the English question. Loss on the completion only.
+### Response:"); completion: the English question (after a space in text formats). Loss on the completion only.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 from datasets import Dataset
 
 from ..errors import HarnessError
-from ..prompts import format_prompt
+from ..prompts import PromptFormat, format_prompt, response_sep
 
 ENGLISH = "en"
 
@@ -27,7 +27,8 @@ def translation_langs(langs: Sequence[str], method: str = "qalign") -> list[str]
     return out
 
 
-def question_translation(problems: Mapping[str, Dataset], template: str, seed: int = 0) -> Dataset:
+def question_translation(problems: Mapping[str, Dataset], template: "str | PromptFormat",
+                         seed: int = 0) -> Dataset:
     """Prompt/completion rows (columns prompt, completion, lang, id) for every non-English language in
     ``problems``, whose ``en`` set holds the parallel English questions."""
     if ENGLISH not in problems:
@@ -39,5 +40,5 @@ def question_translation(problems: Mapping[str, Dataset], template: str, seed: i
             if row["id"] not in english:
                 raise HarnessError(f"alignment=qalign: {lang} question id {row['id']} has no parallel English question")
             rows.append({"prompt": format_prompt(row["question"], ENGLISH, template),
-                         "completion": " " + english[row["id"]], "lang": lang, "id": int(row["id"])})
+                         "completion": response_sep(template) + english[row["id"]], "lang": lang, "id": int(row["id"])})
     return Dataset.from_list(rows).shuffle(seed=seed)

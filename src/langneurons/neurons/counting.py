@@ -24,6 +24,7 @@ from .forward import (
     all_reduce_sum,
     check_langs,
     count_mask,
+    decoder_stack,
     distributed_world,
     evaluating,
     forward_kwargs,
@@ -66,9 +67,11 @@ class ActivationCounter:
         self._weights: torch.Tensor | None = None  # [K, B*T] float32 of the batch being forwarded
         self._active: torch.Tensor | None = None  # [B*T, H] float32 scratch, reused by every layer of a batch
         self._shape: tuple[int, int] = (0, 0)
-        self._hooks = ActFnHooks(model, self._on_activation)
-        self._position_ids = accepts_position_ids(model)
-        self._kwargs = forward_kwargs(model, logits=False)
+        # The forward runs the decoder stack alone where it can: counting needs no logits (decoder_stack).
+        self._forward = decoder_stack(model)
+        self._hooks = ActFnHooks(model, self._on_activation, checked=self._forward)
+        self._position_ids = accepts_position_ids(self._forward)
+        self._kwargs = forward_kwargs(self._forward, logits=False)
 
     def __enter__(self) -> "ActivationCounter":
         self._eval = evaluating(self.model)  # a fresh one each time: the counter may be opened again to add batches
@@ -123,7 +126,7 @@ class ActivationCounter:
             self._flush()
         self._partial_rows += input_ids.numel()
         try:
-            self.model(**model_inputs(batch, self.device, self._position_ids), **self._kwargs)
+            self._forward(**model_inputs(batch, self.device, self._position_ids), **self._kwargs)
         finally:
             self._weights = None
         self.batches += 1

@@ -29,6 +29,19 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def decoder_stack(model: nn.Module) -> nn.Module:
+    """The module a counting forward calls: the decoder stack inside any PEFT / Hugging Face wrapper, without the LM
+    head (a Gemma 3 head over 262k tokens costs more than its 18 layers), or ``model`` itself where the decoder must
+    not be called alone: under torch.distributed (FSDP and ZeRO-3 gather parameters in the wrapper's forward) or when
+    the model exposes no decoder (``get_decoder``). LoRA layers live inside the decoder, so adapters stay active."""
+    if distributed_world() > 1:
+        return model
+    inner = unwrap_model(model)
+    get_decoder = getattr(inner, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    return decoder if isinstance(decoder, nn.Module) and decoder is not inner else model
+
+
 def model_id(model: nn.Module) -> str | None:
     config = getattr(unwrap_model(model), "config", None)
     return getattr(config, "_name_or_path", None) or getattr(config, "model_type", None)

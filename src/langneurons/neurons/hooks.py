@@ -70,12 +70,15 @@ class ActFnHooks:
 
     On exit (also on error) every hook it added is removed. Each forward of ``model`` itself is checked: when it
     finishes without having passed through every hooked layer, :class:`HookError` is raised (a fused MLP or a
-    pattern that matches modules the forward never calls would otherwise give silent zeros). Forwards that do not go
-    through ``model.forward`` (e.g. ``generate`` on a PEFT model calls the inner model) are hooked but not checked.
+    pattern that matches modules the forward never calls would otherwise give silent zeros). ``checked``: the module
+    whose forwards are checked when it is not ``model`` itself (counting calls the decoder stack inside it). Forwards
+    that go through neither (e.g. ``generate`` on a PEFT model calls the inner model) are hooked but not checked.
     """
 
-    def __init__(self, model: nn.Module, fn: LayerHookFn, layers: Iterable[int] | None = None):
+    def __init__(self, model: nn.Module, fn: LayerHookFn, layers: Iterable[int] | None = None,
+                 checked: nn.Module | None = None):
         self.model = model
+        self.checked = model if checked is None else checked  # the module whose forwards are checked
         self.fn = fn
         self.act_fns = find_act_fns(model)
         self.layers = tuple(range(len(self.act_fns))) if layers is None else tuple(sorted(set(layers)))
@@ -93,8 +96,8 @@ class ActFnHooks:
         try:
             for layer in self.layers:
                 self._handles.append(self.act_fns[layer].register_forward_hook(self._make_hook(layer)))
-            self._handles.append(self.model.register_forward_pre_hook(self._reset))
-            self._handles.append(self.model.register_forward_hook(self._check))
+            self._handles.append(self.checked.register_forward_pre_hook(self._reset))
+            self._handles.append(self.checked.register_forward_hook(self._check))
         except BaseException:
             self.remove()
             raise
@@ -123,6 +126,6 @@ class ActFnHooks:
         silent = [layer for layer in self.layers if self._fired[layer] == 0]
         if silent:
             raise HookError(
-                f"the forward of {type(self.model).__name__} never ran layers.{silent}.mlp.act_fn: the MLP bypasses "
+                f"the forward of {type(self.checked).__name__} never ran layers.{silent}.mlp.act_fn: the MLP bypasses "
                 "its act_fn module (fused kernel such as Liger?); disable the fused MLP to count or deactivate neurons"
             )

@@ -1,0 +1,85 @@
+"""On-disk caches built once and shared by runs: an entry is built in a temporary folder beside it and renamed into
+place (a crash never leaves a half-written entry), and a lock file makes a second process (another rank, a parallel
+run) wait for the first build instead of repeating it. The tiny base (``base/cache.py``) and the converted offline
+copies of real models (``offline.py``) are such caches."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+# A build's temporary folder older than this belongs to a build that died: it may be removed.
+STALE_TMP_SECONDS = 6 * 3600
+
+
+def cache_root(raw: str | os.PathLike | None, what: str, setting: str) -> Path:
+    """The folder ``raw`` names (``~`` and ``$VARS`` expanded), created; a one-line error naming ``setting`` when it
+    is empty or cannot be created."""
+    from .errors import HarnessError
+
+    if not raw:
+        raise HarnessError(f"{setting} is empty: give a folder for {what} (or set LANGNEURONS_CACHE)")
+    root = Path(os.path.expandvars(str(raw))).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HarnessError(f"{setting}={root} cannot be created ({e.strerror}): point it (or LANGNEURONS_CACHE) at "
+                           "a writable folder") from None
+    return root
+
+
+def tmp_sibling(entry: Path) -> Path:
+    """A fresh temporary folder beside ``entry``, unique to this process (created)."""
+    tmp = entry.with_name(f"{TMP_PREFIX}{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, entry: Path, complete) -> None:
+    """Rename the finished build ``tmp`` into place as ``entry``. When another process got there first (``entry``
+    exists and ``complete(entry)``), its entry is kept and ``tmp`` is left for the caller to remove."""
+    try:
+        tmp.rename(entry)
+    except OSError:
+        if not complete(entry):  # not "someone else finished first": a real failure
+            raise
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """An exclusive lock on ``path`` for the block (released by the OS if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): concurrent builders each build; the rename keeps one
+        yield
+        return
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is building it; waiting for %s", what, path)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def remove_stale_tmp(root: Path) -> None:
+    """Temporary folders of builds that crashed long ago (a running build's folder is younger)."""
+    now = time.time()
+    for path in root.glob(f"{TMP_PREFIX}*"):
+        try:
+            if now - path.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass

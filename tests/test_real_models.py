@@ -1,0 +1,180 @@
+"""Real pretrained models through every real-model code path, offline: Gemma 3 270M (a multilingual base model,
+GeGLU MLP, 262k vocabulary) and SmolLM2-135M-Instruct (Llama architecture, SiLU MLP, a chat template), loaded from
+their offline copies on the package registry (slow; skipped with the install command when a copy is missing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from langneurons.data import load_problems
+from langneurons.evaluation import AnswerStops, generate
+from langneurons.experiment import load_model
+from langneurons.neurons import collect_stats, deactivate, make_batches, perplexity
+from langneurons.neurons.hooks import ActFnHooks, find_act_fns
+from langneurons.offline import OfflineCopy
+from langneurons.prompts import prompt_format
+
+from conftest import ROOT, inspect_summary, offline_runs, run_train
+
+pytestmark = pytest.mark.slow
+
+# What each model is: decoder layers x MLP units, its activation module, and whether its tokenizer adds BOS itself.
+MODELS = {
+    "gemma3_270m": {"layers": 18, "units": 2048, "act": "GELUTanh", "format": "fewshot", "adds_bos": True},
+    "smollm2_135m": {"layers": 30, "units": 1536, "act": "SiLUActivation", "format": "chat", "adds_bos": False},
+}
+LANGS = ["en", "sw", "zh"]
+
+
+def composed(*overrides: str) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
+
+
+def require_copy(preset: str) -> dict:
+    cfg = composed(f"model={preset}")
+    copy = OfflineCopy.from_config(cfg["model"]["offline"])
+    if not copy.is_installed():
+        pytest.skip(f"the offline copy of {preset} is not installed: {copy.install}")
+    return cfg
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def real(request):
+    preset = request.param
+    cfg = require_copy(preset)
+    loaded = load_model(cfg["model"], seed=0)
+    fmt = prompt_format(cfg["model"]["prompt_template"], loaded.tokenizer)
+    problems = load_problems({"source": "synthetic", "n": 4, "offset": 100000}, LANGS, fmt)
+    return preset, cfg, loaded, fmt, problems
+
+
+def test_the_offline_copy_loads_as_the_architecture_it_is(real):
+    preset, cfg, loaded, fmt, _ = real
+    expected = MODELS[preset]
+    act_fns = find_act_fns(loaded.model)
+    assert len(act_fns) == expected["layers"] and type(act_fns[0]).__name__ == expected["act"]
+    assert loaded.model.config.intermediate_size == expected["units"]
+    assert loaded.model_id.startswith(cfg["model"]["name_or_path"] + "@gguf-")
+    assert loaded.tokenizer.pad_token_id is not None
+    assert fmt.name == expected["format"]
+
+
+def test_prompts_are_the_models_own_format_with_one_bos(real):
+    preset, _, loaded, fmt, problems = real
+    tok = loaded.tokenizer
+    prompt = problems["sw"][0]["prompt"]
+    if fmt.chat:
+        assert "<|im_start|>user" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    else:
+        assert prompt.endswith("\nAnswer:") and prompt.count("Jibu ni") == 3
+    ids = tok(prompt)["input_ids"]
+    if MODELS[preset]["adds_bos"]:
+        assert ids[0] == tok.bos_token_id
+    assert ids.count(tok.bos_token_id) <= 1
+
+
+def test_greedy_answers_end_at_the_formats_stops_and_generation_stops_early(real):
+    _, _, loaded, fmt, problems = real
+    model, tok = loaded.model, loaded.tokenizer
+    stops = AnswerStops(model, tok, fmt.stop)
+    prompts = [p for lang in LANGS for p in problems[lang]["prompt"]]
+    max_new = 96
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
+                             **stops.generate_kwargs())
+    new = out[:, enc["input_ids"].shape[1]:]
+    # generate stopped before max_new_tokens for the rows that ended (stop string or end-of-turn token), and at
+    # least some rows ended: the wasted tokens are not generated at all
+    assert new.shape[1] <= max_new
+    ended = [i for i, row in enumerate(new.tolist()) if len([t for t in row if t != tok.pad_token_id]) < max_new]
+    assert ended, "no answer ended before max_new_tokens"
+    answers = generate(model, tok, prompts, max_new_tokens=max_new, batch_size=8, stops=stops)
+    for answer in answers:
+        assert not any(stop in answer for stop in fmt.stop)
+    if not fmt.chat:  # the base model's answers are one worked line in the asked language
+        assert all("\n" not in a for a in answers)
+
+
+def test_counting_and_deactivation_on_the_real_mlp(real):
+    preset, _, loaded, fmt, problems = real
+    model, tok = loaded.model, loaded.tokenizer
+    examples = [(row["prompt"], fmt.sep + row["response"], lang) for lang in LANGS for row in problems[lang]]
+    batches = make_batches(tok, examples, LANGS, batch_size=4)
+    head_calls = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda *args: head_calls.append(1))
+    stats = collect_stats(model, batches, LANGS, progress=False)
+    handle.remove()
+    assert head_calls == []  # counting never computes the 262k-token LM head
+    expected = MODELS[preset]
+    assert tuple(stats.counts.shape) == (expected["layers"], expected["units"], len(LANGS))
+    response_tokens = [len(tok(fmt.sep + row["response"], add_special_tokens=False)["input_ids"])
+                       for lang in LANGS for row in problems[lang]]
+    assert int(stats.tokens.sum()) == sum(response_tokens)  # response tokens only: no prompt, BOS or padding
+    assert 0 < float(stats.probs().mean()) < 1
+
+    units = {0: list(range(16)), expected["layers"] - 1: list(range(16))}
+    seen = {}
+
+    def record(layer, output):
+        seen[layer] = output[..., :16].abs().max().item()
+
+    base = perplexity(model, batches, LANGS)
+    with deactivate(model, units), ActFnHooks(model, record, layers=list(units)):
+        zeroed = perplexity(model, batches, LANGS)
+    assert seen == {layer: 0.0 for layer in units}  # zeroed after act_fn, before the product with up_proj
+    assert set(base) == set(LANGS) and all(torch.isfinite(torch.tensor(v)) for v in zeroed.values())
+    assert zeroed != base
+
+
+@pytest.mark.parametrize("method", ["dpo", "sft", "mapo", "mapo-correctness", "qalign"])
+@pytest.mark.parametrize("preset", list(MODELS))
+def test_every_alignment_method_trains_a_lora_adapter_on_the_architectures_modules(tmp_path, preset, method):
+    require_copy(preset)
+    extra = {"mapo": ["alignment=mapo", "scorer=numbers", "alignment.k=2"],
+             "mapo-correctness": ["alignment=mapo", "scorer=correctness", "alignment.k=2"]}.get(
+        method, [f"alignment={method}"])
+    out = run_train(f"hydra.run.dir={tmp_path}", f"model={preset}", *extra, "lang=sw", "logger=none", "neurons=off",
+                    "trainer.max_steps=1", "trainer.per_device_train_batch_size=1", "trainer.save_steps=0",
+                    "alignment.questions.n=2", "alignment.max_new_tokens=24", "alignment.cache_dir=null",
+                    "data.n=2", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    adapter = tmp_path / "adapter"
+    targets = set(json.loads((adapter / "adapter_config.json").read_text())["target_modules"])
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    trained = {name.split(".lora_B")[0].rsplit(".", 1)[-1] for name, w in weights.items()
+               if ".lora_B" in name and bool(w.abs().sum() > 0)}
+    # every targeted projection of this architecture got an adapter, and training moved it off its zero init
+    adapted = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in weights}
+    assert adapted == targets and trained == targets
+
+
+@pytest.mark.parametrize("preset", list(MODELS))
+def test_the_issues_acceptance_command_records_neuron_checkpoints_for_all_ten_languages(tmp_path, preset):
+    """python train.py model=<preset> lang=sw trainer.max_steps=2 data.n=4, with its W&B run read back offline."""
+    require_copy(preset)
+    out = run_train(f"hydra.run.dir={tmp_path}", f"model={preset}", "lang=sw", "trainer.max_steps=2", "data.n=4",
+                    timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps = sorted(p.name for p in (tmp_path / "neurons").iterdir() if (p / "checkpoint.json").is_file())
+    assert steps == ["step-0", "step-2"]
+    summary = inspect_summary(offline_runs(tmp_path / "wandb")[0])
+    assert summary["state"] == "finished"
+    metrics = summary["summary"]
+    langs = ["en", "zh", "ru", "de", "fr", "es", "ja", "sw", "th", "bn"]
+    for lang in langs:
+        assert f"eval/acc/{lang}" in metrics and f"neurons/specific/{lang}" in metrics
+        assert f"neurons/related/{lang}" in metrics
+    assert metrics["train/global_step"] == 2
+    record = json.loads(Path(tmp_path / "neurons" / "step-2" / "checkpoint.json").read_text())
+    assert set(record["accuracy"]) == {*langs, "avg"}
