@@ -12,17 +12,18 @@ responses, response tokens counted), repeated and interleaved so that a noisy ma
   how counting ran before it skipped the head.
 
 Prints tokens per second of each, the overhead of counting over the plain decoder forward (target: at most 1.05x),
-and its gain over the model's forward. Then, each in a fresh process, the peak resident memory (ru_maxrss) of
-counting and of one DPO step of the harness's trainer (LoRA, the preset's trainer settings), next to the memory of
-the loaded model alone. On a CUDA machine it also prints torch.cuda.max_memory_allocated.
+and its gain over the model's forward. Then, each in a fresh process, the peak resident memory of
+counting and of DPO steps of the harness's trainer (LoRA, the preset's trainer settings), next to the memory of
+the loaded model alone (Linux: the kernel's peak resident set, reset once the model is loaded). On a CUDA machine it
+also prints torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -62,13 +63,25 @@ def setup(preset: str, n: int, batch_size: int):
     return cfg, loaded, langs, batches
 
 
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def start_peak() -> float:
+    """The resident memory now, with the kernel's peak (VmHWM) reset to it, so that the peak read afterwards is the
+    phase's own and not the model load's (reading the weights file briefly holds it twice)."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as fh:  # "5": reset the peak resident set size (Linux >= 4.0)
+        fh.write("5")
+    return _status_mb("VmRSS")
+
+
+def peak_mb() -> float:
+    return _status_mb("VmHWM")
 
 
 def speed(args) -> None:
@@ -119,10 +132,10 @@ def memory_counting(args) -> dict:
     from langneurons.neurons import collect_stats
 
     _, loaded, langs, batches = setup(args.preset, args.n, args.batch_size)
-    loaded_rss = current_rss_mb()
+    loaded_rss = start_peak()
     started = time.perf_counter()
     collect_stats(loaded.model, batches, langs, progress=False)
-    return {"phase": "counting", "loaded_mb": loaded_rss, "peak_mb": rss_mb(),
+    return {"phase": "counting", "loaded_mb": loaded_rss, "peak_mb": peak_mb(),
             "seconds": time.perf_counter() - started}
 
 
@@ -138,7 +151,7 @@ def memory_dpo(args) -> dict:
                  "questions": {"source": "synthetic", "n": 16, "offset": 0, "seed": 0}}
     data = training_set(alignment, ["sw"], fmt, 0)
     trainer_cfg = {**cfg["trainer"], "max_steps": args.steps, "save_steps": 0, "logging_steps": 1}
-    loaded_rss = current_rss_mb()
+    loaded_rss = start_peak()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(alignment, trainer_cfg, loaded.model, loaded.tokenizer, data.train, Path(tmp), 0)
         if torch.cuda.is_available():
@@ -146,7 +159,7 @@ def memory_dpo(args) -> dict:
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-    out = {"phase": "dpo step", "loaded_mb": loaded_rss, "peak_mb": rss_mb(), "seconds": seconds / args.steps,
+    out = {"phase": "dpo step", "loaded_mb": loaded_rss, "peak_mb": peak_mb(), "seconds": seconds / args.steps,
            "batch": int(trainer_cfg["per_device_train_batch_size"])}
     if torch.cuda.is_available():
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -171,7 +184,7 @@ def main() -> None:
         print(json.dumps(memory_dpo(args)))
         return
     speed(args)
-    print("\npeak memory, each in a fresh process (ru_maxrss):")
+    print("\npeak resident memory of each phase, each in a fresh process (VmHWM reset after the model loaded):")
     for phase in ("counting", "dpo"):
         cmd = [sys.executable, __file__, "--phase", phase, *sys.argv[1:]]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]

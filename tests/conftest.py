@@ -31,10 +31,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def run_train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python train.py <overrides>`` from the project root, as a user would."""
+def run_train(*overrides: str, timeout: int = 600, threads: int | None = None) -> subprocess.CompletedProcess:
+    """Run ``python train.py <overrides>`` from the project root, as a user would. ``threads``: torch threads of
+    that run (default one, as every test process; a real model's run alone on the machine takes two)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def offline_runs(folder: Path) -> list[Path]:

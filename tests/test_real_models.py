@@ -77,9 +77,10 @@ def test_prompts_are_the_models_own_format_with_one_bos(real):
     else:
         assert prompt.endswith("\nAnswer:") and prompt.count("Jibu ni") == 3
     ids = tok(prompt)["input_ids"]
-    if MODELS[preset]["adds_bos"]:
-        assert ids[0] == tok.bos_token_id
-    assert ids.count(tok.bos_token_id) <= 1
+    if MODELS[preset]["adds_bos"]:  # Gemma: the tokenizer adds <bos>, once
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    else:  # SmolLM2's "BOS" is <|im_start|>, which opens every chat turn: the template writes it, nothing adds it
+        assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
 
 
 def test_greedy_answers_end_at_the_formats_stops_and_generation_stops_early(real):
@@ -141,13 +142,15 @@ def test_counting_and_deactivation_on_the_real_mlp(real):
 @pytest.mark.parametrize("preset", list(MODELS))
 def test_every_alignment_method_trains_a_lora_adapter_on_the_architectures_modules(tmp_path, preset, method):
     require_copy(preset)
-    extra = {"mapo": ["alignment=mapo", "scorer=numbers", "alignment.k=2"],
-             "mapo-correctness": ["alignment=mapo", "scorer=correctness", "alignment.k=2"]}.get(
+    # the gold answer joins the samples: two questions with two samples each may hold no correct answer to pair
+    sampling = ["alignment.k=2", "alignment.max_new_tokens=24", "alignment.cache_dir=null",
+                "alignment.include_gold=true"]
+    extra = {"mapo": ["alignment=mapo", "scorer=numbers", *sampling],
+             "mapo-correctness": ["alignment=mapo", "scorer=correctness", *sampling]}.get(
         method, [f"alignment={method}"])
     out = run_train(f"hydra.run.dir={tmp_path}", f"model={preset}", *extra, "lang=sw", "logger=none", "neurons=off",
                     "trainer.max_steps=1", "trainer.per_device_train_batch_size=1", "trainer.save_steps=0",
-                    "alignment.questions.n=2", "alignment.max_new_tokens=24", "alignment.cache_dir=null",
-                    "data.n=2", timeout=900)
+                    "alignment.questions.n=2", "data.n=2", timeout=900, threads=2)
     assert out.returncode == 0, out.stderr[-3000:]
     adapter = tmp_path / "adapter"
     targets = set(json.loads((adapter / "adapter_config.json").read_text())["target_modules"])
@@ -164,7 +167,7 @@ def test_the_issues_acceptance_command_records_neuron_checkpoints_for_all_ten_la
     """python train.py model=<preset> lang=sw trainer.max_steps=2 data.n=4, with its W&B run read back offline."""
     require_copy(preset)
     out = run_train(f"hydra.run.dir={tmp_path}", f"model={preset}", "lang=sw", "trainer.max_steps=2", "data.n=4",
-                    timeout=1800)
+                    timeout=1800, threads=2)  # tests run one at a time: the run has both cores
     assert out.returncode == 0, out.stderr[-3000:]
     steps = sorted(p.name for p in (tmp_path / "neurons").iterdir() if (p / "checkpoint.json").is_file())
     assert steps == ["step-0", "step-2"]

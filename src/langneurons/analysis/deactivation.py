@@ -100,7 +100,8 @@ def deactivation_effects(model: Any, tokenizer: Any, ident: Identification, prob
     if not langs:
         raise DataError(f"no problems for any language of the identification ({', '.join(ident.langs)})")
     deactivated = tuple(deactivated or ident.langs)
-    examples = [(p, fmt.sep + r, lang) for lang in langs for p, r in zip(problems[lang]["prompt"], problems[lang]["response"])]
+    examples = [(p, fmt.sep + r, lang)
+                for lang in langs for p, r in zip(problems[lang]["prompt"], problems[lang]["response"])]
     batches = make_batches(tokenizer, examples, langs, count="response", batch_size=batch_size, max_length=max_length)
     baseline = perplexity(model, batches, langs, progress=progress)
     result = DeactivationResult(langs, deactivated, modes, baseline, {}, {})

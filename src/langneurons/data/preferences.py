@@ -33,7 +33,8 @@ def correctness_pairs(problems: Mapping[str, Dataset], seed: int = 0, sep: str =
 
     def pair(row: dict) -> dict:
         wrong = wrong_result(row["answer"], rng)
-        return {"chosen": sep + row["response"], "rejected": sep + format_response(wrong, row["lang"], row["expression"])}
+        wrong_response = format_response(wrong, row["lang"], row["expression"])
+        return {"chosen": sep + row["response"], "rejected": sep + wrong_response}
 
     parts = [ds.map(pair).select_columns(["prompt", "chosen", "rejected", "lang", "id"]) for ds in problems.values()]
     return concatenate_datasets(parts).shuffle(seed=seed)
@@ -41,8 +42,8 @@ def correctness_pairs(problems: Mapping[str, Dataset], seed: int = 0, sep: str =
 
 def sft_examples(problems: Mapping[str, Dataset], seed: int = 0, sep: str = " ") -> Dataset:
     """Prompt/completion pairs (the gold response) for SFT; TRL computes the loss on the completion only."""
-    parts = [ds.map(lambda r: {"completion": sep + r["response"]}).select_columns(["prompt", "completion", "lang", "id"])
-             for ds in problems.values()]
+    parts = [ds.map(lambda r: {"completion": sep + r["response"]})
+             .select_columns(["prompt", "completion", "lang", "id"]) for ds in problems.values()]
     return concatenate_datasets(parts).shuffle(seed=seed)
 
 
