@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from langneurons.data import load_problems
-from langneurons.data.problems import FEWSHOT_OFFSET, with_prompts
+from langneurons.data.problems import with_prompts
 from langneurons.errors import HarnessError
 from langneurons.evaluation import AnswerStops, end_of_answer_ids
 from langneurons.experiment import tiny_tokenizer_corpus
 from langneurons.modeling import build_tokenizer
-from langneurons.prompts import format_prompt, prompt_format, response_sep, trim_answer
+from langneurons.prompts import format_prompt, prompt_format, trim_answer
 from langneurons.scoring import is_correct
 
 from neurons.neuron_helpers import tiny_model, tiny_tokenizer
@@ -23,9 +23,8 @@ def test_fewshot_prompt_shows_worked_examples_in_the_asked_language_then_the_que
     prompt = problems[0]["prompt"]
     assert prompt.endswith(f"Question: {problems[0]['question']}\nAnswer:")
     assert prompt.count("Question:") == 4 and prompt.count("Jibu ni") == 3  # three Swahili examples
-    # the examples are the same for every question, and never an evaluation problem
+    # the examples are the same for every question
     assert problems[1]["prompt"].split("Question:")[:4] == prompt.split("Question:")[:4]
-    assert FEWSHOT_OFFSET > 100000 + 5000
 
 
 def test_a_rambling_base_model_answer_is_cut_at_the_next_question_and_its_numbers_do_not_count():
@@ -45,7 +44,7 @@ def test_chat_format_renders_the_tokenizers_template_without_a_second_bos():
     ids = tok(prompt)["input_ids"]
     # this tokenizer adds BOS itself: the template's own BOS was dropped, so there is exactly one
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
-    assert response_sep(fmt) == ""  # the answer follows the assistant turn directly
+    assert fmt.sep == ""  # the answer follows the assistant turn directly
     # the problems' prompts are written anew in it once the tokenizer is there
     problems = load_problems({"source": "synthetic", "n": 1, "offset": 100000}, ["de"], "plain")
     assert with_prompts(problems, fmt)["de"][0]["prompt"].endswith("<|assistant|>")

@@ -95,9 +95,8 @@ def test_greedy_answers_end_at_the_formats_stops_and_generation_stops_early(real
         out = model.generate(**enc, do_sample=False, max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
                              **stops.generate_kwargs())
     new = out[:, enc["input_ids"].shape[1]:]
-    # generate stopped before max_new_tokens for the rows that ended (stop string or end-of-turn token), and at
-    # least some rows ended: the wasted tokens are not generated at all
-    assert new.shape[1] <= max_new
+    # some rows ended before max_new_tokens (stop string or end-of-turn token): generate stopped them, so their
+    # wasted tokens were never generated
     ended = [i for i, row in enumerate(new.tolist()) if len([t for t in row if t != tok.pad_token_id]) < max_new]
     assert ended, "no answer ended before max_new_tokens"
     answers = generate(model, tok, prompts, max_new_tokens=max_new, batch_size=8, stops=stops)

@@ -12,7 +12,9 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from .errors import HarnessError
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,6 @@ STALE_TMP_SECONDS = 6 * 3600
 def cache_root(raw: str | os.PathLike | None, what: str, setting: str) -> Path:
     """The folder ``raw`` names (``~`` and ``$VARS`` expanded), created; a one-line error naming ``setting`` when it
     is empty or cannot be created."""
-    from .errors import HarnessError
-
     if not raw:
         raise HarnessError(f"{setting} is empty: give a folder for {what} (or set LANGNEURONS_CACHE)")
     root = Path(os.path.expandvars(str(raw))).expanduser()
@@ -44,7 +44,7 @@ def tmp_sibling(entry: Path) -> Path:
     return tmp
 
 
-def publish(tmp: Path, entry: Path, complete) -> None:
+def publish(tmp: Path, entry: Path, complete: Callable[[Path], bool]) -> None:
     """Rename the finished build ``tmp`` into place as ``entry``. When another process got there first (``entry``
     exists and ``complete(entry)``), its entry is kept and ``tmp`` is left for the caller to remove."""
     try:

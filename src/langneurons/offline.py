@@ -107,10 +107,6 @@ def _version(lib: str) -> str | None:
         return None
 
 
-def not_installed_reason(copy: OfflineCopy) -> str:
-    return f"its offline copy ({copy.requirement}) is not installed: `{copy.install}`"
-
-
 def converted_folder(copy: OfflineCopy, hub_id: str, *, progress: bool = True) -> Path:
     """The folder of ``copy`` converted for transformers: from the cache, or converted once and cached.
 
@@ -118,7 +114,8 @@ def converted_folder(copy: OfflineCopy, hub_id: str, *, progress: bool = True) -
     (corrupted or truncated), or ``gguf`` is missing."""
     paths = copy.locate()
     if paths is None:
-        raise ModelLoadError(f"model {hub_id!r}: {not_installed_reason(copy)}")
+        raise ModelLoadError(f"model {hub_id!r}: its offline copy ({copy.requirement}) is not installed: "
+                             f"`{copy.install}`")
     root = filecache.cache_root(copy.cache_dir, "converted offline copies of models", "model.offline.cache_dir")
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", hub_id.split("/")[-1])
     entry = root / f"{name}-{copy.key()}"

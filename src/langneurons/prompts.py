@@ -51,6 +51,7 @@ class PromptFormat:
     shots: int = 0  # fewshot: worked examples before the question
     chat: bool = False
     tokenizer: Any = field(default=None, compare=False, repr=False)
+    drop_prefix: str = ""  # chat: dropped from the rendered template (a BOS the tokenizer adds again)
 
     def identity(self) -> Any:
         """What cache keys record of this format: its name for the fixed text formats (the keys of entries built
@@ -75,9 +76,6 @@ FORMATS: dict[str, PromptFormat] = {
     "fewshot": PromptFormat("fewshot", FEWSHOT_QUERY, stop=QUESTION_STOPS, shots=3),
     "chat": PromptFormat("chat", CHAT_INSTRUCTION, stop=(), sep="", chat=True),
 }
-TEMPLATES = tuple(FORMATS)
-
-
 def check_template(name: str) -> None:
     """A one-line :class:`HarnessError` when ``name`` is not a prompt format."""
     if name not in FORMATS:
@@ -106,7 +104,8 @@ def prompt_format(template: "str | PromptFormat", tokenizer: Any = None) -> Prom
         if not getattr(tokenizer, "chat_template", None):
             raise HarnessError(f"model.prompt_template=chat, but the tokenizer {type(tokenizer).__name__} has no chat "
                                "template (a base model?): use model.prompt_template=fewshot or mathoctopus")
-        return PromptFormat(fmt.name, fmt.text, fmt.stop, fmt.sep, fmt.shots, True, tokenizer)
+        return PromptFormat(fmt.name, fmt.text, fmt.stop, fmt.sep, fmt.shots, True, tokenizer,
+                            drop_prefix=_added_bos(tokenizer))
     return fmt
 
 
@@ -120,34 +119,19 @@ def format_prompt(question: str, lang: str, template: "str | PromptFormat" = "ma
         content = fmt.text.format(query=question, language=language.name)
         text = fmt.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                  add_generation_prompt=True)
-        return _without_added_bos(text, fmt.tokenizer)
+        return text[len(fmt.drop_prefix):] if fmt.drop_prefix and text.startswith(fmt.drop_prefix) else text
     prefix = "".join(FEWSHOT_EXAMPLE.format(query=q, response=r) for q, r in shots) if fmt.shots else ""
     return prefix + fmt.text.format(language=language.name, query=question)
 
 
-def _without_added_bos(text: str, tokenizer: Any) -> str:
-    """A chat template that writes the BOS token itself, for a tokenizer that adds one too, would give two: every
-    prompt is tokenized with the tokenizer's special tokens, so the template's own BOS goes."""
+def _added_bos(tokenizer: Any) -> str:
+    """The BOS token when ``tokenizer`` adds it to every text itself, else "". A chat template that writes BOS too
+    would give two: every prompt is tokenized with the tokenizer's special tokens, so the template's own BOS goes."""
     bos = getattr(tokenizer, "bos_token", None)
-    if bos and text.startswith(bos):
-        ids = tokenizer("x")["input_ids"]
-        if ids and ids[0] == tokenizer.bos_token_id:
-            return text[len(bos):]
-    return text
-
-
-def response_sep(template: "str | PromptFormat") -> str:
-    """What goes between a prompt of ``template`` and a response to it (gold, sampled, or probed)."""
-    fmt = template if isinstance(template, PromptFormat) else FORMATS.get(template)
-    return fmt.sep if fmt is not None else " "
-
-
-def stop_strings(template: "str | PromptFormat") -> tuple[str, ...]:
-    """The strings at which an answer under ``template`` ends."""
-    if isinstance(template, PromptFormat):
-        return template.stop
-    fmt = FORMATS.get(template)
-    return fmt.stop if fmt is not None else INSTRUCTION_STOPS
+    if not bos:
+        return ""
+    ids = tokenizer("x")["input_ids"]
+    return bos if ids and ids[0] == tokenizer.bos_token_id else ""
 
 
 def trim_answer(text: str, stops: Sequence[str] = INSTRUCTION_STOPS) -> str:

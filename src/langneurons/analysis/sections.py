@@ -257,11 +257,11 @@ def deactivation_section(runs: Sequence[Run], step: int | str = "last", *, model
             if ckpt.ident is None:
                 raise HarnessError(f"step {ckpt.step} has no identification")
             loaded = load_checkpoint_model(run, ckpt.step, model=model, adapter=adapter)
-            problems = load_probe_problems(run, ckpt.ident.langs, data, n, tokenizer=loaded.tokenizer)
+            fmt = prompt_format(run_prompt_template(run), loaded.tokenizer)
+            problems = load_probe_problems(run, ckpt.ident.langs, data, n, template=fmt)
             result = deactivation_effects(loaded.model, loaded.tokenizer, ckpt.ident, problems, modes=modes,
                                           deactivated=deactivated, accuracy=accuracy, batch_size=batch_size,
-                                          max_new_tokens=max_new_tokens,
-                                          template=prompt_format(run_prompt_template(run), loaded.tokenizer))
+                                          max_new_tokens=max_new_tokens, template=fmt)
             return ckpt, result
 
         got = guarded(section, run.label, one)

@@ -61,24 +61,18 @@ def load_problems(spec: Mapping[str, Any], langs: Sequence[str],
         if not lang_rows:
             raise DataError(f"the {source} problem set has no rows for {lang!r} (n={n}, offset={offset}): "
                             "ask for at least one row")
-    fmt = prompt_format(template)
-    out = {}
-    for lang, lang_rows in rows.items():
-        shots = fewshot_examples(lang, fmt.shots)
-        out[lang] = Dataset.from_list([{**r, "prompt": format_prompt(r["question"], lang, fmt, shots)}
-                                       for r in lang_rows])
-    return out
+    return with_prompts(rows, template)
 
 
-def with_prompts(problems: Mapping[str, Dataset], template: "str | PromptFormat") -> dict[str, Dataset]:
-    """``problems`` with their prompts written anew in ``template`` (e.g. the chat format, once the model's
-    tokenizer is loaded)."""
+def with_prompts(problems: Mapping[str, Any], template: "str | PromptFormat") -> dict[str, Dataset]:
+    """``problems`` (per language, rows or a Dataset) with their prompts written in ``template``: as they are
+    loaded, or anew once the model's tokenizer is there (the chat format)."""
     fmt = prompt_format(template)
     out = {}
-    for lang, ds in problems.items():
+    for lang, rows in problems.items():
         shots = fewshot_examples(lang, fmt.shots)
         # from_list, not map: map would hash the closure, and with it a chat model's whole tokenizer
-        out[lang] = Dataset.from_list([{**r, "prompt": format_prompt(r["question"], lang, fmt, shots)} for r in ds])
+        out[lang] = Dataset.from_list([{**r, "prompt": format_prompt(r["question"], lang, fmt, shots)} for r in rows])
     return out
 
 

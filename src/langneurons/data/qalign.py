@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 from datasets import Dataset
 
 from ..errors import HarnessError
-from ..prompts import PromptFormat, format_prompt, response_sep
+from ..prompts import PromptFormat, format_prompt, prompt_format
 
 ENGLISH = "en"
 
@@ -34,11 +34,12 @@ def question_translation(problems: Mapping[str, Dataset], template: "str | Promp
     if ENGLISH not in problems:
         raise HarnessError("alignment=qalign needs the parallel English questions: the problem set must include 'en'")
     english = {row["id"]: row["question"] for row in problems[ENGLISH]}
+    sep = prompt_format(template).sep
     rows = []
     for lang in translation_langs(list(problems)):
         for row in problems[lang]:
             if row["id"] not in english:
                 raise HarnessError(f"alignment=qalign: {lang} question id {row['id']} has no parallel English question")
             rows.append({"prompt": format_prompt(row["question"], ENGLISH, template),
-                         "completion": response_sep(template) + english[row["id"]], "lang": lang, "id": int(row["id"])})
+                         "completion": sep + english[row["id"]], "lang": lang, "id": int(row["id"])})
     return Dataset.from_list(rows).shuffle(seed=seed)
