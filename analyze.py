@@ -1,6 +1,7 @@
 """Analyse neuron checkpoints of finished (or running) runs: ``python analyze.py <subcommand> [key=value ...]``.
 
     python analyze.py --help                                   # lists the subcommands
+    python analyze.py probe model=gemma3_270m data=mgsm data.path=../shared/data/mgsm out=probes/gemma-base
     python analyze.py report runs=[outputs/a,outputs/b] out=report/
     python analyze.py stages runs=[<stats dir or reference folder>] top_rate=0.01 lam=0.109375 bar=0.95
     python analyze.py identify source=<stats dir or reference folder> lam=auto out=masks/

@@ -61,53 +61,14 @@ def _check_overrides(argv: list[str]) -> None:
     would add a key the harness never reads). Flags (``--cfg``, ``-m``, ``--help``) are left to Hydra."""
     if any(arg.startswith("-") for arg in argv):
         return
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from langneurons.errors import HarnessError
+    from langneurons.overrides import compose_training
 
-    conf = Path(__file__).resolve().parent / "conf"
     try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            compose(config_name="config", overrides=argv)
-    except HydraException as e:
-        print(f"error: {_override_error(e, argv, conf)}", file=sys.stderr)
+        compose_training(Path(__file__).resolve().parent / "conf", argv)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-
-
-def _override_error(e: Exception, argv: list[str], conf: Path) -> str:
-    import difflib
-    import re
-
-    key = getattr(e.__cause__, "full_key", None)
-    if key:  # a key the config does not have
-        from hydra import compose, initialize_config_dir
-        from omegaconf import OmegaConf
-
-        others = [a for a in argv if not a.lstrip("+~").startswith(f"{key}=")]
-        parent, _, leaf = key.rpartition(".")
-        try:
-            with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-                cfg = compose(config_name="config", overrides=others)
-            node = OmegaConf.select(cfg, parent) if parent else cfg
-            known = [str(k) for k in node.keys()] if OmegaConf.is_dict(node) else []
-        except Exception:  # noqa: BLE001 - another override is wrong too: no suggestion then
-            known = []
-        hint = difflib.get_close_matches(leaf, known, n=3, cutoff=0.6)
-        where = [f"{parent}={p.stem}" for p in sorted((conf / parent).glob("*.yaml"))
-                 if parent and re.search(rf"^{re.escape(leaf)}:", p.read_text(), re.M)]
-        text = f"unknown config key {key!r}"
-        if hint:
-            text += " (did you mean " + " or ".join(f"{parent + '.' if parent else ''}{h}" for h in hint) + "?)"
-        if where:
-            text += f"; {' and '.join(where)} {'has' if len(where) == 1 else 'have'} it"
-        return text + ": python train.py --cfg job [group=option ...] prints every key"
-    message = str(e)
-    missing = re.search(r"Could not find '([^']+)/([^']+)'", message)
-    if missing:
-        group, option = missing.groups()
-        options = [p.stem for p in sorted((conf / group).glob("*.yaml"))]
-        return f"unknown option {group}={option}: choose one of {', '.join(options)}"
-    lines = [line.strip() for line in message.split("Config search path")[0].splitlines() if line.strip()]
-    return "; ".join(lines)
 
 
 if __name__ == "__main__":

@@ -142,3 +142,26 @@ def test_a_checkpoint_without_identification_notes_it_once():
     ckpt = Checkpoint(3, stats=stats)
     assert ckpt.ident is None and ckpt.ident is None and ckpt.lang_type_counts == {}
     assert ckpt.notes == ["step 3: no probe tokens for sw: no identification"]
+
+
+def test_deactivation_heatmaps_read_small_and_huge_effects():
+    """Small ratios are percentages on a linear scale; ratios over orders of magnitude (general neurons off) are
+    factors on a log scale, so that one broken cell does not wash out the rest."""
+    from matplotlib.colors import LogNorm
+
+    from langneurons.analysis.deactivation import DeactivationResult
+    from langneurons.analysis.figures import _factor, close, plot_deactivation
+
+    langs = ("en", "sw")
+    small = {"en": {"en": 1.05, "sw": 1.0}, "sw": {"en": 0.99, "sw": 1.2}}
+    huge = {"en": {"en": 44.0, "sw": 3.0e4}, "sw": {"en": 1.5, "sw": 6.7e5}}
+    result = DeactivationResult(langs, langs, ("specific", "all"), {"en": 1.0, "sw": 1.0},
+                                {"specific": small, "all": huge}, {"specific": {"en": 1, "sw": 1}, "all": {"en": 9,
+                                                                                                        "sw": 9}})
+    fig = plot_deactivation(result)
+    lin, log = (ax.images[0] for ax in fig.axes if ax.images)
+    assert not isinstance(lin.norm, LogNorm) and isinstance(log.norm, LogNorm)
+    texts = [[t.get_text() for t in ax.texts] for ax in fig.axes if ax.images]
+    assert texts[0] == ["+5.0%", "+0.0%", "-1.0%", "+20.0%"] and texts[1] == ["44x", "3e4x", "1.5x", "7e5x"]
+    assert [_factor(v) for v in (2.14, 158.0, 6.7e5)] == ["2.1x", "158x", "7e5x"]
+    close(fig)

@@ -46,6 +46,16 @@ def test_real_models_get_the_papers_hyperparameters_and_tiny_keeps_its_own():
     assert tiny.neurons.every_n_steps * 2 == tiny.trainer.max_steps
 
 
+def test_cpu_presets_set_the_problems_per_language_whatever_the_data_set():
+    # the presets' data.n must survive a data group given with them (the defaults list puts data before model)
+    for preset in ("gemma3_270m", "smollm2_135m"):
+        assert composed(f"model={preset}").data.n == 32
+        mgsm = composed(f"model={preset}", "data=mgsm", "data.path=/data/mgsm")
+        assert (mgsm.data.source, mgsm.data.n) == ("mgsm", 32)
+        assert composed(f"model={preset}", "data=mgsm", "data.n=8").data.n == 8
+    assert composed("data=mgsm").data.n is None  # the tiny default keeps the data set's own
+
+
 def test_languages_default_to_aligning_swahili_and_probing_the_paper_ten():
     cfg = composed()
     assert cfg.lang == "sw" and cfg.probe_langs == "all" and cfg.eval_langs == "all"

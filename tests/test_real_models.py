@@ -4,7 +4,11 @@ their offline copies on the package registry (slow; skipped with the install com
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,6 +134,8 @@ def test_counting_and_deactivation_on_the_real_mlp(real):
         seen[layer] = output[..., :16].abs().max().item()
 
     base = perplexity(model, batches, LANGS)
+    # the LM head only at the scored positions gives the figure of the head everywhere
+    assert perplexity(model, batches, LANGS, only_scored=False) == pytest.approx(base, rel=1e-5)
     with deactivate(model, units), ActFnHooks(model, record, layers=list(units)):
         zeroed = perplexity(model, batches, LANGS)
     assert seen == {layer: 0.0 for layer in units}  # zeroed after act_fn, before the product with up_proj
@@ -180,3 +186,34 @@ def test_the_issues_acceptance_command_records_neuron_checkpoints_for_all_ten_la
     assert metrics["train/global_step"] == 2
     record = json.loads(Path(tmp_path / "neurons" / "step-2" / "checkpoint.json").read_text())
     assert set(record["accuracy"]) == {*langs, "avg"}
+
+
+def analyze(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "analyze.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("preset", list(MODELS))
+def test_probe_measures_the_real_model_on_mgsm_and_stages_and_deactivate_read_it(tmp_path, preset, shared_data):
+    """python analyze.py probe model=<preset> data=mgsm data.path=... out=<dir>, a handful of problems, then the
+    folder read back as a run."""
+    require_copy(preset)
+    out = tmp_path / "probe"
+    probed = analyze("probe", f"model={preset}", "data=mgsm", f"data.path={shared_data / 'mgsm'}", "data.n=3",
+                     f"probe_langs=[{','.join(LANGS)}]", f"out={out}")
+    assert set(probed["accuracy"]) == {*LANGS, "avg"} and probed["step"] == 0
+    assert all(probed["probe_tokens"][lang] > 0 for lang in LANGS)  # the answers were counted
+    assert set(probed["phases"]) >= {"load", "answer", "count", "identify", "save"}
+    record = json.loads((out / "neurons" / "step-0" / "checkpoint.json").read_text())
+    assert len(record["samples"]) == 3 * len(LANGS) and record["identification"]["layers"] == MODELS[preset]["layers"]
+    stages = analyze("stages", f"runs=[{out}]", f"out={tmp_path / 'stages'}")
+    assert list(stages["stages"]) == [f"{preset} base"]
+    (table,) = (tmp_path / "stages" / "tables").glob("layers_*.csv")
+    layers = list(csv.DictReader(table.open()))
+    assert {int(r["layer"]) for r in layers} == set(range(MODELS[preset]["layers"]))
+    deact = analyze("deactivate", f"source={out}", "n=2", "modes=[specific+related,all]", "langs=[sw]",
+                    f"out={tmp_path / 'deact'}")
+    assert set(deact["baseline"]) == set(LANGS) and all(v > 1 for v in deact["baseline"].values())
+    assert (tmp_path / "deact" / "tables" / "deactivation.csv").is_file()

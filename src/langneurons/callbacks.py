@@ -89,6 +89,7 @@ class NeuronCheckpoint:
     since_start: dict[str, torch.Tensor] | None = None
     overlap_start: dict[str, float] | None = None
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: answer, count, identify, save
     path: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -259,8 +260,11 @@ class NeuronCheckpointer:
             model = merged
         answer_langs = list(dict.fromkeys([*self.eval_langs, *(
             self.probe_langs if self.neurons.get("probe", "responses") == "responses" else [])]))
+        phases: dict[str, float] = {}
+        mark = time.perf_counter()
         answers = self._answers(model, answer_langs)
         accuracy, in_lang = self._accuracy(answers)
+        phases["answer"], mark = time.perf_counter() - mark, time.perf_counter()
         if step == 0 and self.neurons.get("start_stats"):
             stats = self._start_stats(model, step)
         else:
@@ -272,8 +276,9 @@ class NeuronCheckpointer:
                                   "problems_per_lang": {lang: len(self.problems[lang]) for lang in self.probe_langs}}}
             stats = collect_stats(model, batches, self.probe_langs, count="response", progress=is_main_process(),
                                   metadata=metadata)
+        phases["count"], mark = time.perf_counter() - mark, time.perf_counter()
         ckpt = NeuronCheckpoint(step=step, stats=stats, ident=None, accuracy=accuracy, answer_lang=in_lang,
-                                samples=self._samples(answers))
+                                samples=self._samples(answers), phases=phases)
         if bool((stats.tokens == 0).any()):
             empty = [lang for lang, t in zip(stats.langs, stats.tokens.tolist()) if t == 0]
             ckpt.notes.append(f"no probe tokens for {', '.join(empty)} (empty answers): identification skipped")
@@ -281,7 +286,13 @@ class NeuronCheckpointer:
         else:
             ckpt.ident = identify(stats, self.neurons.get("method", "ternary"), top_rate=float(self.neurons["top_rate"]),
                                   lam=self.neurons.get("lam", "auto"), bar=float(self.neurons["bar"]),
-                                  general=GeneralRule(min_langs=self.neurons.get("general_min_langs")))
+                                  general=GeneralRule(min_langs=self.neurons.get("general_min_langs")),
+                                  lam_range=(float(self.neurons.get("lam_lo", 0.0)),
+                                             float(self.neurons.get("lam_hi", 0.2))))
+            hi = float(self.neurons.get("lam_hi", 0.2))
+            if ckpt.ident.lam_search and ckpt.ident.lam is not None and ckpt.ident.lam >= hi:
+                ckpt.notes.append(f"the lam search ended at the top of its range (lam {hi}): no lam in it lets a "
+                                  "general neuron into the selection; neurons.lam_hi=<larger> weights activity more")
             if self.previous is not None:
                 ckpt.since_previous = transitions(self.previous, ckpt.ident)
             if self.start is not None:
@@ -290,9 +301,12 @@ class NeuronCheckpointer:
             self.previous = ckpt.ident
             if self.start is None:
                 self.start = ckpt.ident
-        ckpt.seconds = time.perf_counter() - started
+        phases["identify"], mark = time.perf_counter() - mark, time.perf_counter()
         if is_main_process():
-            ckpt.path = self._save(ckpt)
+            ckpt.path = self._save(ckpt, written=lambda: {"seconds": time.perf_counter() - started,
+                                                          "phases": {**phases, "save": time.perf_counter() - mark}})
+        phases["save"] = time.perf_counter() - mark
+        ckpt.seconds = time.perf_counter() - started
         return ckpt
 
     def _samples(self, answers: Mapping[str, list[str]]) -> list[dict[str, Any]]:
@@ -305,9 +319,10 @@ class NeuronCheckpointer:
                              "gold": row["answer"]})
         return rows
 
-    def _save(self, ckpt: NeuronCheckpoint) -> Path:
+    def _save(self, ckpt: NeuronCheckpoint, written=None) -> Path:
         """Write the checkpoint into a temporary folder, then rename it into place: a crash never leaves a partial
-        ``step-<N>`` folder behind."""
+        ``step-<N>`` folder behind. ``written()`` gives the record's ``seconds`` and ``phases`` once everything else
+        is written (so that they include the writing)."""
         final = self.out_dir / STEP_DIR.format(step=ckpt.step)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -326,6 +341,8 @@ class NeuronCheckpointer:
             for name, mats in (("since_previous", ckpt.since_previous), ("since_start", ckpt.since_start)):
                 if mats is not None:
                     record[f"transitions_{name}"] = {lang: m.tolist() for lang, m in mats.items()}
+        if written is not None:
+            record.update(written())
         (tmp / "checkpoint.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
         if final.exists():
             shutil.rmtree(final)

@@ -113,6 +113,25 @@ def load_model(model_cfg: Mapping[str, Any], seed: int) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=f"tiny-llama-{model.num_parameters()}")
 
 
+def evaluation_problems(cfg: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Any]]:
+    """The probed and the evaluated languages of ``cfg`` and their problems (``cfg["data"]``). Read before the model
+    loads, so that a bad language or data file fails at once; a format that needs the model's tokenizer (chat) gets
+    its prompts from :func:`in_model_format` once the model is loaded."""
+    probe = languages.resolve(cfg["probe_langs"])
+    evaluated = languages.resolve(cfg["eval_langs"])
+    name = cfg["model"]["prompt_template"]
+    check_template(name)
+    problems = load_problems(cfg["data"], list(dict.fromkeys([*evaluated, *probe])),
+                             name if not needs_tokenizer(name) else "plain")
+    return probe, evaluated, problems
+
+
+def in_model_format(problems: Mapping[str, Any], name: str, tokenizer: Any) -> tuple[Any, dict[str, Any]]:
+    """The prompt format ``name`` bound to the model's tokenizer, and ``problems`` with their prompts in it."""
+    template = prompt_format(name, tokenizer)
+    return template, (with_prompts(problems, template) if needs_tokenizer(name) else dict(problems))
+
+
 def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] = ()) -> RunResult:
     """Run the alignment ``cfg`` describes, writing everything under ``run_dir``.
 
@@ -137,14 +156,7 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[st
     seed = int(cfg["seed"])
     set_seed(seed)
     aligned = languages.resolve(cfg["lang"])
-    probe = languages.resolve(cfg["probe_langs"])
-    evaluated = languages.resolve(cfg["eval_langs"])
-    # The problems are read before the model loads (a bad data file fails at once); a format that needs the model's
-    # tokenizer (chat) writes their prompts once it is loaded.
-    name = cfg["model"]["prompt_template"]
-    check_template(name)
-    eval_problems = load_problems(cfg["data"], list(dict.fromkeys([*evaluated, *probe])),
-                                  name if not needs_tokenizer(name) else "plain")
+    probe, evaluated, eval_problems = evaluation_problems(cfg)
     base_dir = run_dir / "base_model"
     if resume_from is not None and base_dir.is_dir():  # the very base the run started from
         loaded = load_pretrained(str(base_dir), dtype=cfg["model"].get("dtype", "auto"))
@@ -152,9 +164,7 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[st
     else:
         loaded = load_model(cfg["model"], seed)
     # Training pairs, evaluation questions and probes are all written in the model's format (chat: its template).
-    template = prompt_format(name, loaded.tokenizer)
-    if needs_tokenizer(name):
-        eval_problems = with_prompts(eval_problems, template)
+    template, eval_problems = in_model_format(eval_problems, cfg["model"]["prompt_template"], loaded.tokenizer)
     if not cfg["model"].get("name_or_path") and resume_from is None and distributed.is_rank_zero():
         # The tiny model's random base is part of the result: keep it so the adapter can be reloaded later.
         loaded.model.save_pretrained(run_dir / "base_model")

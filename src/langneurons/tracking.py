@@ -163,6 +163,7 @@ class CheckpointLogger:
         data.update({f"eval/answer_lang/{lang}": value for lang, value in ckpt.answer_lang.items()})
         data["eval/samples"] = wandb.Table(columns=["step", "lang", "id", "question", "answer", "gold"], data=[
             [ckpt.step, s["lang"], s["id"], s["question"], s["answer"], s["gold"]] for s in ckpt.samples])
+        data.update({f"neurons/phase_seconds/{phase}": value for phase, value in ckpt.phases.items()})
         if ckpt.ident is not None:
             data.update(neuron_metrics(ckpt.ident.summary(), ckpt.since_previous, ckpt.since_start,
                                        ckpt.overlap_start, ckpt.lang_type_counts(), ckpt.seconds))

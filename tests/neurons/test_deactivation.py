@@ -108,6 +108,27 @@ def test_perplexity_matches_the_models_own_loss():
         assert ppl[LANGS[k]] == pytest.approx(math.exp(loss.item()), rel=1e-5)
 
 
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_perplexity_computes_logits_only_where_a_token_is_scored_and_gets_the_same_figure(padding_side):
+    model = tiny_model("llama")
+    batches = random_batches(len(LANGS), seed=5, padding_side=padding_side)
+    # one batch scores nothing: it must count nothing and not fail
+    empty = {**batches[0], "count_mask": torch.zeros_like(batches[0]["count_mask"])}
+    rows: list[int] = []
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[1]))
+    try:
+        full = perplexity(model, batches, LANGS, only_scored=False)
+        assert rows == [b["input_ids"].shape[1] for b in batches]
+        rows.clear()
+        cheap = perplexity(model, [*batches, empty], LANGS)
+    finally:
+        handle.remove()
+    scored = [int(b["count_mask"][:, 1:].any(0).sum()) for b in batches]
+    assert rows == [*scored, 1] and sum(scored) < sum(b["input_ids"].shape[1] for b in batches)
+    assert cheap.keys() == full.keys() and len(full) >= 2
+    assert cheap == pytest.approx(full, rel=1e-6)
+
+
 def test_perplexity_changes_when_every_unit_is_off():
     model = tiny_model("llama")
     batches = random_batches(len(LANGS), seed=4)

@@ -20,6 +20,9 @@ from ..errors import HarnessError
 class Subcommand:
     target: str  # "module:function", imported only when the subcommand runs (keeps --help fast)
     help: str
+    # also takes the training config's groups and keys (model=, data=, neurons.*, ...): its own keys are those of
+    # conf/analyze/<name>.yaml, every other override composes conf/config.yaml as train.py does
+    training_config: bool = False
 
     def load(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
         module, func = self.target.split(":")
@@ -27,6 +30,11 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
+    "probe": Subcommand(
+        "langneurons.analysis.probe:run",
+        "measure a model (base, or with a run's adapter) as a neuron checkpoint does; writes a folder the others read",
+        training_config=True,
+    ),
     "identify": Subcommand(
         "langneurons.analysis.identify:run",
         "identify language-specific / related / general neurons in activation statistics (ours or the reference's)",
@@ -103,6 +111,23 @@ def compose(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, An
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def compose_with_training(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The subcommand's own keys (conf/analyze/<name>.yaml) from the overrides that name them, and under ``config``
+    the training config (conf/config.yaml, beside conf/analyze) composed with all the others, as ``train.py`` would
+    compose them; ``overrides`` keeps those."""
+    from omegaconf import OmegaConf
+
+    from ..overrides import compose_training
+
+    own_keys = {str(key) for f in config_files(conf_dir, name) for key in OmegaConf.load(f).keys() if key != "defaults"}
+    own = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] in own_keys]
+    rest = [o for o in overrides if o not in own]
+    cfg = compose(conf_dir, name, own)
+    cfg["config"] = OmegaConf.to_container(compose_training(conf_dir.parent, rest), resolve=True)
+    cfg["overrides"] = rest
+    return cfg
+
+
 def config_files(conf_dir: Path, name: str) -> list[Path]:
     """The subcommand's YAML file and the shared files its defaults list includes (in that order)."""
     from omegaconf import OmegaConf
@@ -125,9 +150,14 @@ def main(argv: Sequence[str], conf_dir: Path, prog: str = "analyze.py") -> int:
         return 2
     if any(arg in ("-h", "--help") for arg in overrides):
         print(f"{sub.help}\n\n" + "\n".join(f.read_text() for f in config_files(conf_dir, name)))
+        if sub.training_config:
+            print("Every other key=value or group=option is train.py's: python train.py --cfg job [group=option ...] "
+                  "prints them")
         return 0
     try:
-        result = sub.load()(compose(conf_dir, name, overrides))
+        cfg = (compose_with_training(conf_dir, name, overrides) if sub.training_config
+               else compose(conf_dir, name, overrides))
+        result = sub.load()(cfg)
     except HarnessError as exc:
         print(f"{prog} {name}: error: {exc}", file=sys.stderr)
         return 2

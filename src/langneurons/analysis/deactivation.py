@@ -103,25 +103,35 @@ def deactivation_effects(model: Any, tokenizer: Any, ident: Identification, prob
     examples = [(p, fmt.sep + r, lang)
                 for lang in langs for p, r in zip(problems[lang]["prompt"], problems[lang]["response"])]
     batches = make_batches(tokenizer, examples, langs, count="response", batch_size=batch_size, max_length=max_length)
-    baseline = perplexity(model, batches, langs, progress=progress)
+    from tqdm.auto import tqdm
+
+    # one bar over the passes: the intact model, then every (mode, language) with that language's neurons zeroed
+    bar = tqdm(total=1 + len(modes) * len(deactivated), desc="deactivation", unit="pass", disable=not progress,
+               leave=False)
+    bar.set_postfix_str("intact model")
+    baseline = perplexity(model, batches, langs)
     result = DeactivationResult(langs, deactivated, modes, baseline, {}, {})
     if missing:
         result.notes.append(f"no problems for {', '.join(missing)}: not measured")
     if accuracy:
         result.baseline_accuracy = _accuracy(model, tokenizer, problems, langs, batch_size, max_new_tokens, fmt.stop)
         result.accuracy = {}
+    bar.update()
     for mode in modes:
         result.ppl[mode], result.zeroed[mode] = {}, {}
         if accuracy:
             result.accuracy[mode] = {}
         for a in deactivated:
+            bar.set_postfix_str(f"{mode} of {a} off")
             units = ident.units(a, types=MODES[mode])
             result.zeroed[mode][a] = sum(int(u.numel()) for u in units)
             with deactivate(model, units):
-                result.ppl[mode][a] = perplexity(model, batches, langs, progress=progress)
+                result.ppl[mode][a] = perplexity(model, batches, langs)
                 if accuracy:
                     result.accuracy[mode][a] = _accuracy(model, tokenizer, problems, langs, batch_size,
                                                          max_new_tokens, fmt.stop)
+            bar.update()
+    bar.close()
     return result
 
 
@@ -142,7 +152,9 @@ def _accuracy(model, tokenizer, problems, langs, batch_size, max_new_tokens, sto
 # ---- the model of a run's checkpoint ---------------------------------------------------------------------------------
 def adapter_for(run: Run, step: int) -> Path | None:
     """The adapter folder that holds the model of ``run`` at ``step``; None for step 0 (LoRA starts as the identity,
-    so the base model is the model at step 0)."""
+    so the base model is the model at step 0) and for a probe of a bare model."""
+    if run.kind == "probe":  # analyze.py probe: the model it measured, whatever the step
+        return run.path / "adapter" if (run.path / "adapter" / "adapter_config.json").is_file() else None
     if step == 0:
         return None
     if run.path is None:

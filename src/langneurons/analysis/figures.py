@@ -158,8 +158,13 @@ def _finish_bars(fig, ax, xlabel: str, ylabel: str, title: str):
 
 # ---- (d) overlaps ----------------------------------------------------------------------------------------------------
 def _heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], cmap: str, vmin=None, vmax=None,
-             fmt: Any = "{:.2f}"):
-    im = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+             fmt: Any = "{:.2f}", log: bool = False):
+    if log:  # values spanning orders of magnitude (a model broken by zeroing its general neurons)
+        from matplotlib.colors import LogNorm
+
+        im = ax.imshow(matrix, cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax), aspect="auto")
+    else:
+        im = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(cols)), [str(c) for c in cols], fontsize=7, rotation=45 if len(cols) > 6 else 0,
                   ha="right" if len(cols) > 6 else "center")
     ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=7)
@@ -234,6 +239,13 @@ def plot_spontaneous(per_language: Table):
 
 
 # ---- (f) deactivation ------------------------------------------------------------------------------------------------
+def _factor(v: float) -> str:
+    """2.1x, 158x, 6e5x: short enough for a heatmap cell."""
+    if v < 10:
+        return f"{v:.1f}x"
+    return f"{v:.0f}x" if v < 1000 else f"{v:.0e}x".replace("e+0", "e").replace("e+", "e")
+
+
 def plot_deactivation(result, title: str = ""):
     """Per mode: perplexity ratio (deactivated / baseline) with language A's neurons zeroed (rows) on language B
     (columns); a second row of heatmaps with the accuracy change when accuracy was measured."""
@@ -244,11 +256,11 @@ def plot_deactivation(result, title: str = ""):
     fig, axes = plt.subplots(nrows, len(modes), figsize=(size * len(modes), size * nrows), squeeze=False)
     for j, mode in enumerate(modes):
         ratio = np.asarray(result.ratio(mode))
-        top = max(1.01, float(np.nanmax(ratio)))
-        # small effects read best as a percentage, large ones as a factor
-        label = (lambda v: f"{(v - 1) * 100:+.1f}%") if top < 2 else (lambda v: f"{v:.1f}x")
-        im = _heatmap(axes[0][j], ratio, result.deactivated, result.langs, "Reds", min(1.0, float(np.nanmin(ratio))),
-                      top, fmt=label)
+        top, bottom = max(1.01, float(np.nanmax(ratio))), min(1.0, float(np.nanmin(ratio)))
+        # small effects read best as a percentage, large ones as a factor, huge ones on a log scale
+        label = (lambda v: f"{(v - 1) * 100:+.1f}%") if top < 2 else _factor
+        im = _heatmap(axes[0][j], ratio, result.deactivated, result.langs, "Reds", bottom, top, fmt=label,
+                      log=top / max(bottom, 1e-9) > 20)
         axes[0][j].set_title(f"zeroed: {mode}\nperplexity / baseline", fontsize=8)
         axes[0][j].set_xlabel("measured language", fontsize=7)
         axes[0][j].set_ylabel("deactivated language", fontsize=7)

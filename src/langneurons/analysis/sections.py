@@ -261,7 +261,7 @@ def deactivation_section(runs: Sequence[Run], step: int | str = "last", *, model
             problems = load_probe_problems(run, ckpt.ident.langs, data, n, template=fmt)
             result = deactivation_effects(loaded.model, loaded.tokenizer, ckpt.ident, problems, modes=modes,
                                           deactivated=deactivated, accuracy=accuracy, batch_size=batch_size,
-                                          max_new_tokens=max_new_tokens, template=fmt)
+                                          max_new_tokens=max_new_tokens, template=fmt, progress=True)
             return ckpt, result
 
         got = guarded(section, run.label, one)

@@ -31,6 +31,7 @@ from ..neurons.dynamics import lang_type_counts
 from ..neurons.reference import is_reference_folder
 from . import wandb_io
 
+PROBE_RECORD = "probe.json"  # written by analyze.py probe (analysis/probe.py)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _AT_STEP = re.compile(r"^(?P<source>.+)@(?P<step>\d+|first|last)$")
 
@@ -141,7 +142,7 @@ class Run:
 
     label: str
     source: str
-    kind: str  # run | checkpoint | stats | reference | wandb
+    kind: str  # run | probe | checkpoint | stats | reference | wandb
     checkpoints: list[Checkpoint]
     path: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -267,8 +268,10 @@ def load_run(spec: str | os.PathLike, settings: IdentifySettings | None = None, 
             path = path.parent
         if step_folders(path / "neurons"):
             config = read_config(path)
-            run = Run(label or "", spec, "run", [make(s, p, _read_record(p)) for s, p in step_folders(path / "neurons")],
-                      path, config, wandb_io.local_ref(path, config))
+            probed = (path / PROBE_RECORD).is_file()  # a folder analyze.py probe wrote
+            run = Run(label or "", spec, "probe" if probed else "run",
+                      [make(s, p, _read_record(p)) for s, p in step_folders(path / "neurons")],
+                      path, config, None if probed else wandb_io.local_ref(path, config))
         elif _STEP_DIR.match(path.name) and path.parent.name == "neurons" and (
                 (path / "checkpoint.json").is_file() or NeuronStats.is_saved(path)):
             run_dir = path.parent.parent
@@ -301,8 +304,14 @@ def load_run(spec: str | os.PathLike, settings: IdentifySettings | None = None, 
 
 
 def default_label(run: Run) -> str:
-    """``<model>-<method>-<langs>`` from the run's config (as W&B names it), else the folder name."""
+    """``<model>-<method>-<langs>`` from the run's config (as W&B names it), a probe's own label (``<model> base``),
+    else the folder name."""
     cfg = run.config
+    if run.kind == "probe" and run.path is not None:
+        try:
+            return str(json.loads((run.path / PROBE_RECORD).read_text())["label"])
+        except (OSError, json.JSONDecodeError, KeyError):
+            return run.path.name
     try:
         return tracking.run_identity(cfg["model"]["preset"], cfg["alignment"]["method"],
                                      languages.resolve(cfg["lang"]))["name"]

@@ -68,6 +68,11 @@ def forward_kwargs(model: nn.Module, *, logits: bool) -> dict[str, Any]:
     return extra
 
 
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the innermost model's forward computes logits only at chosen positions (``logits_to_keep``)."""
+    return "logits_to_keep" in inspect.signature(unwrap_model(model).forward).parameters
+
+
 def accepts_position_ids(model: nn.Module) -> bool:
     return "position_ids" in inspect.signature(unwrap_model(model).forward).parameters
 
