@@ -160,7 +160,7 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             trainer = build_trainer(alignment, trainer_cfg, loaded.model, loaded.tokenizer, pairs.train, Path(tmp), 0,
-                                    callbacks=[Clock()])
+                                    report_to=[], callbacks=[Clock()])
             trainer.train()
         step = statistics.median(step_times[1:]) if len(step_times) > 1 else step_times[0]
         print(f"\n5. a DPO step (batch {trainer_cfg['per_device_train_batch_size']}): {step:.1f} s (median of "
