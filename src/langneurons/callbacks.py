@@ -284,12 +284,11 @@ class NeuronCheckpointer:
             ckpt.notes.append(f"no probe tokens for {', '.join(empty)} (empty answers): identification skipped")
             log.warning("step %d: %s", step, ckpt.notes[-1])
         else:
+            lo, hi = float(self.neurons.get("lam_lo", 0.0)), float(self.neurons.get("lam_hi", 0.2))
             ckpt.ident = identify(stats, self.neurons.get("method", "ternary"), top_rate=float(self.neurons["top_rate"]),
                                   lam=self.neurons.get("lam", "auto"), bar=float(self.neurons["bar"]),
                                   general=GeneralRule(min_langs=self.neurons.get("general_min_langs")),
-                                  lam_range=(float(self.neurons.get("lam_lo", 0.0)),
-                                             float(self.neurons.get("lam_hi", 0.2))))
-            hi = float(self.neurons.get("lam_hi", 0.2))
+                                  lam_range=(lo, hi))
             if ckpt.ident.lam_search and ckpt.ident.lam is not None and ckpt.ident.lam >= hi:
                 ckpt.notes.append(f"the lam search ended at the top of its range (lam {hi}): no lam in it lets a "
                                   "general neuron into the selection; neurons.lam_hi=<larger> weights activity more")
@@ -329,7 +328,7 @@ class NeuronCheckpointer:
         tmp.mkdir(parents=True)
         ckpt.stats.save(tmp)
         record: dict[str, Any] = {"step": ckpt.step, "accuracy": ckpt.accuracy, "answer_lang": ckpt.answer_lang,
-                                  "seconds": ckpt.seconds,
+                                  "seconds": ckpt.seconds, "phases": ckpt.phases,
                                   "notes": ckpt.notes, "samples": ckpt.samples}
         if ckpt.ident is not None:
             ckpt.ident.save(tmp)

@@ -3,7 +3,7 @@
 A *source* is one of
 
 - a run dir made by ``train.py`` (``neurons/step-<N>/`` checkpoints, ``.hydra/config.yaml``, ``wandb/``), or its
-  ``neurons/`` folder;
+  ``neurons/`` folder; a folder made by ``analyze.py probe`` has the same shape (and a ``probe.json``);
 - one neuron checkpoint ``<run>/neurons/step-<N>`` (its run's config is read when it is there);
 - a statistics folder in our format (``stats.json`` + ``stats.safetensors``, with or without a saved
   identification) or the reference's (``activation.<lang>.<model>.pt``): identified with the given settings;
