@@ -99,6 +99,7 @@ def test_probe_settings_and_bad_input(study, tmp_path):
         ([f"out={tmp_path / 't'}"], "already exists and is not empty"),
         ([f"out={tmp_path / 'x'}", f"adapter={tmp_path / 'nowhere'}"], "no such folder"),
         ([f"out={tmp_path / 'x'}", f"adapter={tmp_path}"], "holds no adapter_config.json"),
+        ([f"out={tmp_path / 'x'}", f"adapter={study['run']}", "model=gemma3_270m"], "pass model=tiny"),
         ([f"out={tmp_path / 'x'}", "neurons.top_rat=0.05"], "unknown config key 'neurons.top_rat'"),
         ([f"out={tmp_path / 'x'}", "model=gemma"], "unknown option model=gemma"),
         ([f"out={tmp_path / 'x'}", "probe_langs=[en,xx]"], "xx"),

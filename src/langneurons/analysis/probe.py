@@ -118,6 +118,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     adapter = find_adapter(cfg.get("adapter"))
     step = cfg.get("step")
     step = int(step) if step is not None else (adapter.step or 0) if adapter is not None else 0
+    trained_on = (adapter.run_config.get("model") or {}).get("preset") if adapter is not None else None
+    if trained_on and trained_on != train["model"].get("preset"):
+        raise HarnessError(f"adapter={adapter.path} was trained on model={trained_on}, not model="
+                           f"{train['model'].get('preset')}: pass model={trained_on}")
     if adapter is not None and step == 0:
         raise HarnessError(f"adapter={adapter.path}: its training step is unknown; give it with step=<N> (step 0 "
                            "is the base model)")
