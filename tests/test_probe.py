@@ -83,6 +83,12 @@ def test_the_folder_is_a_run_to_the_analyses(study, tmp_path):
     base = digest(analyze("deactivate", f"source={study['before']}", "modes=[specific+related]", "langs=[sw]",
                           "n=2", f"out={tmp_path / 'deact0'}"))
     assert base["baseline"] != pytest.approx(deact["baseline"], rel=1e-6)
+    # the commands the probe suggests next are valid commands
+    from langneurons.analysis.cli import compose
+
+    for line in study["digests"][0]["next"]:
+        name, *args = line.split()[2:]
+        assert compose(ROOT / "conf" / "analyze", name, args)["out"]
     compare = digest(analyze("compare", f"before={study['before']}", f"after={study['after']}"))
     assert set(compare["overlap"]) == {*PAPER_LANGS, "mean"}
 

@@ -176,7 +176,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         result.update(lam=summary["lam"], tau=summary["tau"], totals=summary["totals"],
                       lang_type_counts=ckpt.lang_type_counts())
     result["next"] = [f"python analyze.py stages runs=[{out}] out={out}/stages",
-                      f"python analyze.py deactivate source={out} data.n=16 out={out}/deactivation",
+                      f"python analyze.py deactivate source={out} out={out}/deactivation",
                       f"python analyze.py report runs=[{out}] out={out}/report"]
     return result
 
