@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tqdm.auto import tqdm
+
 from ..errors import DataError, HarnessError
 from ..modeling import LoadedModel, load_pretrained
 from ..offline import OfflineCopy
@@ -103,8 +105,6 @@ def deactivation_effects(model: Any, tokenizer: Any, ident: Identification, prob
     examples = [(p, fmt.sep + r, lang)
                 for lang in langs for p, r in zip(problems[lang]["prompt"], problems[lang]["response"])]
     batches = make_batches(tokenizer, examples, langs, count="response", batch_size=batch_size, max_length=max_length)
-    from tqdm.auto import tqdm
-
     # one bar over the passes: the intact model, then every (mode, language) with that language's neurons zeroed
     bar = tqdm(total=1 + len(modes) * len(deactivated), desc="deactivation", unit="pass", disable=not progress,
                leave=False)

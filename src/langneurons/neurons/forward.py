@@ -63,7 +63,7 @@ def forward_kwargs(model: nn.Module, *, logits: bool) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if "use_cache" in params:
         extra["use_cache"] = False
-    if not logits and "logits_to_keep" in params:
+    if not logits and accepts_logits_to_keep(model):
         extra["logits_to_keep"] = 1
     return extra
 
