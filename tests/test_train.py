@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from conftest import inspect_records, inspect_summary, offline_runs, run_train
+from conftest import ROOT, inspect_records, inspect_summary, offline_runs, run_train
+
+README = ROOT / "README.md"
 
 # A shortened run; neuron checkpoints have their own tests (test_neuron_checkpoints.py).
 SHORT = ["trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=2", "alignment.questions.n=16",
@@ -20,6 +22,14 @@ def test_short_default_run_trains_and_leaves_a_readable_offline_wandb_run(tmp_pa
     assert f"wandb leet {runs[0]}" in out.stdout and f"wandb sync {runs[0]}" in out.stdout
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "base_model" / "config.json").is_file()
+    # a readable console: no Trainer log dicts, bars or warnings of the project's making (not a terminal here);
+    # the full record is in train.log
+    console = out.stdout + out.stderr
+    assert "{'loss'" not in console and "it/s]" not in console and "Warning" not in console, console[-3000:]
+    assert "wandb:" not in console, console[-3000:]
+    assert "training: 4 steps in" in out.stdout
+    log = (tmp_path / "train.log").read_text()
+    assert '"loss"' in log and "training: 4 steps in" in log
     summary = inspect_summary(runs[0])
     assert summary["state"] == "finished" and summary["exit_code"] == 0
     metrics = summary["summary"]
@@ -87,13 +97,22 @@ def test_a_preset_trains_a_local_model_given_by_name_or_path(tmp_path):
     ("data=mgsm", "could not load MGSM from 'juletxara/mgsm'"),
     ("logger.mode=sideways", "unknown W&B mode 'sideways'"),
 ])
-def test_bad_input_is_one_line_and_leaves_no_wandb_run(tmp_path, override, phrase):
-    out = run_train(f"hydra.run.dir={tmp_path}", *override.split())
+def test_bad_input_is_one_line_and_leaves_no_run_folder(tmp_path, override, phrase):
+    out = run_train(f"hydra.run.dir={tmp_path / 'run'}", *override.split())
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and phrase in errors[0], out.stderr
-    assert not offline_runs(tmp_path)
+    assert not (tmp_path / "run").exists()  # a run that fails before training leaves no (empty) folder
+
+
+def test_an_error_during_training_is_kept_in_the_runs_train_log(tmp_path):
+    # the answer-language check runs at the first neuron checkpoint, inside the Trainer
+    out = run_train(f"hydra.run.dir={tmp_path}", *SHORT[:-1], "eval.answer_lang=bogus")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    error = next(line for line in out.stderr.splitlines() if line.startswith("error:"))
+    assert error in (tmp_path / "train.log").read_text()
+    assert (tmp_path / "run.json").is_file()  # the folder of a run that got going stays
 
 
 @pytest.mark.parametrize("override, phrases", [
@@ -115,7 +134,7 @@ def test_a_wrong_key_or_option_is_one_line_before_any_run_folder(tmp_path, overr
 def test_full_default_run_records_start_middle_and_end(tmp_path):
     from langneurons.languages import PAPER_LANGS
 
-    out = run_train(f"hydra.run.dir={tmp_path}")
+    out = run_train(f"hydra.run.dir={tmp_path}", threads=2)  # as the README: no OMP_NUM_THREADS
     assert out.returncode == 0, out.stderr[-3000:]
     run = offline_runs(tmp_path / "wandb")[0]
     summary = inspect_summary(run)
@@ -131,3 +150,15 @@ def test_full_default_run_records_start_middle_and_end(tmp_path):
     first, last = checkpoints[0], checkpoints[max(checkpoints)]
     assert first["eval/acc/en"] >= 0.6 and first["eval/acc/sw"] <= first["eval/acc/en"] - 0.3, first
     assert last["eval/acc/sw"] >= first["eval/acc/sw"] + 0.25, (first["eval/acc/sw"], last["eval/acc/sw"])
+    # ... and its end-of-run table is the README's, digit for digit (the locked install of constraints.txt)
+    assert end_of_run_table(out.stdout) == end_of_run_table(README.read_text()), \
+        "the default run's end-of-run table differs from the README's: re-measure (benchmarks/alignment_effect.py)"
+
+
+def end_of_run_table(text: str) -> list[str]:
+    """The lines of the end-of-run table (``Neuron checkpoints at steps ...`` up to the ``analyse it`` line, which
+    names a folder) in a run's printout or in the README."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Neuron checkpoints at steps"))
+    end = next(i for i in range(start, len(lines)) if lines[i].strip().startswith("analyse it:"))
+    return [line.rstrip() for line in lines[start:end]]

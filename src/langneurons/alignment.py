@@ -7,6 +7,7 @@ question translation, see ``data/qalign.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -17,7 +18,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from transformers import TrainingArguments
 
+from .console import TrainingProgress
 from .data import correctness_pairs, load_jsonl, load_problems, sft_examples
 from .data import mapo, pairstore
 from .data.qalign import question_translation, translation_langs
@@ -206,6 +209,12 @@ def _precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+# transformers 5 renamed TrainingArguments.gradient_checkpointing (a deprecated alias that warns) to
+# activation_checkpointing; older releases know only the first name.
+_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in
+                  {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing")
+
+
 def build_trainer(
     alignment: Mapping[str, Any],
     trainer_cfg: Mapping[str, Any],
@@ -233,7 +242,7 @@ def build_trainer(
         warmup_steps=trainer_cfg["warmup_steps"],
         weight_decay=float(trainer_cfg["weight_decay"]),
         max_length=int(trainer_cfg["max_length"]),
-        gradient_checkpointing=bool(trainer_cfg["gradient_checkpointing"]),
+        **{_CHECKPOINTING: bool(trainer_cfg["gradient_checkpointing"])},
         logging_steps=int(trainer_cfg["logging_steps"]),
         save_strategy="steps" if trainer_cfg.get("save_steps") else "no",
         save_steps=int(trainer_cfg.get("save_steps") or 500),
@@ -243,7 +252,11 @@ def build_trainer(
         seed=seed,
         data_seed=seed,
         report_to=list(report_to),
-        disable_tqdm=False,
+        # the console is console.TrainingProgress's (one bar, or a line per tenth of the steps; the log dicts go to
+        # train.log), not transformers' bar with a printed dict every logging_steps
+        disable_tqdm=True,
+        # LoRA uses every adapter weight in every forward: DDP need not search for unused ones (and warns when told to)
+        ddp_find_unused_parameters=False,
         **_precision_flags(trainer_cfg["precision"]),
     )
     evaluate = eval_dataset is not None and len(eval_dataset) > 0 and alignment.get("eval_steps")
@@ -263,10 +276,22 @@ def build_trainer(
                                f"{loss_types}: give one weight per loss type, or loss_weights=null")
         args = DPOConfig(beta=float(alignment["beta"]), loss_type=loss_types,
                          loss_weights=None if weights is None else [float(w) for w in weights], **common)
-        return DPOTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=list(callbacks), **eval_kwargs)
+        return _with_console(DPOTrainer(model=model, args=args, train_dataset=train_dataset,
+                                        processing_class=tokenizer, peft_config=peft_config,
+                                        callbacks=[TrainingProgress(), *callbacks], **eval_kwargs))
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(completion_only_loss=True, **common)
-    return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                      peft_config=peft_config, callbacks=list(callbacks), **eval_kwargs)
+    return _with_console(SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                                    peft_config=peft_config, callbacks=[TrainingProgress(), *callbacks],
+                                    **eval_kwargs))
+
+
+def _with_console(trainer):
+    """``trainer`` printing through :class:`console.TrainingProgress` (first among the callbacks, so that its
+    clock includes the step-0 neuron checkpoint) instead of its own printer."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer

@@ -28,7 +28,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from . import answer_language, evaluation
+from . import answer_language, console, evaluation
 from .prompts import PromptFormat, prompt_format
 from .errors import HarnessError
 from .metrics import load_math_accuracy
@@ -100,6 +100,16 @@ class NeuronCheckpoint:
         return lang_type_counts(self.ident)
 
 
+def checkpoint_line(ckpt: NeuronCheckpoint) -> str:
+    """One console line for a checkpoint: its accuracy per language and the neurons of each type."""
+    acc = " ".join(f"{lang} {v:.2f}" for lang, v in ckpt.accuracy.items() if lang != "avg")
+    line = f"neuron checkpoint at step {ckpt.step} ({ckpt.seconds:.1f} s): accuracy {acc} (avg {ckpt.accuracy.get('avg', 0):.2f})"
+    if ckpt.ident is not None:
+        t = ckpt.ident.totals
+        line += f"; neurons: {t['specific']} specific, {t['related']} related, {t['general']} general"
+    return line + "".join(f"; note: {n}" for n in ckpt.notes)
+
+
 class NeuronCheckpointer:
     """Takes neuron checkpoints of a model; knows nothing of the Trainer (the callback below drives it)."""
 
@@ -156,12 +166,16 @@ class NeuronCheckpointer:
         world = distributed_world()
         return list(rows) if world == 1 else rank_share(rows, _rank(), world)
 
-    def _answers(self, model: torch.nn.Module, langs: Sequence[str]) -> dict[str, list[str]]:
+    def _answers(self, model: torch.nn.Module, langs: Sequence[str], step: int = 0) -> dict[str, list[str]]:
         out = {}
         world = distributed_world()
         if self._stops is None:
             self._stops = evaluation.AnswerStops(model, self.tokenizer, self.format.stop)
+        batch_size = int(self.eval_cfg["batch_size"])
+        bar = console.bar(sum(-(-share_size(len(self.problems[lang]), world) // batch_size) for lang in langs),
+                          f"step {step}: answering", unit="batch")
         for lang in langs:
+            bar.set_postfix_str(lang, refresh=False)
             prompts = self._share(self.problems[lang]["prompt"])
             real = len(prompts)
             pad = share_size(len(self.problems[lang]), world) - real
@@ -169,8 +183,8 @@ class NeuronCheckpointer:
                 prompts += [self.problems[lang]["prompt"][0]] * pad
             out[lang] = evaluation.generate(
                 model, self.tokenizer, prompts, max_new_tokens=int(self.eval_cfg["max_new_tokens"]),
-                batch_size=int(self.eval_cfg["batch_size"]), progress=is_main_process(), desc=f"answering {lang}",
-                synced_gpus=True if world > 1 else None, stops=self._stops)[:real]
+                batch_size=batch_size, synced_gpus=True if world > 1 else None, stops=self._stops, bar=bar)[:real]
+        bar.close()
         return out
 
     def _accuracy(self, answers: Mapping[str, list[str]]) -> tuple[dict[str, float], dict[str, float]]:
@@ -262,7 +276,7 @@ class NeuronCheckpointer:
             self.probe_langs if self.neurons.get("probe", "responses") == "responses" else [])]))
         phases: dict[str, float] = {}
         mark = time.perf_counter()
-        answers = self._answers(model, answer_langs)
+        answers = self._answers(model, answer_langs, step)
         accuracy, in_lang = self._accuracy(answers)
         phases["answer"], mark = time.perf_counter() - mark, time.perf_counter()
         if step == 0 and self.neurons.get("start_stats"):
@@ -274,8 +288,8 @@ class NeuronCheckpointer:
             metadata = {"model_id": self.model_id, "step": step, "count": count,
                         "probe": {"kind": self.neurons.get("probe", "responses"), "count": count,
                                   "problems_per_lang": {lang: len(self.problems[lang]) for lang in self.probe_langs}}}
-            stats = collect_stats(model, batches, self.probe_langs, count="response", progress=is_main_process(),
-                                  metadata=metadata)
+            stats = collect_stats(model, batches, self.probe_langs, count="response", progress=console.interactive(),
+                                  metadata=metadata, desc=f"step {step}: counting")
         phases["count"], mark = time.perf_counter() - mark, time.perf_counter()
         ckpt = NeuronCheckpoint(step=step, stats=stats, ident=None, accuracy=accuracy, answer_lang=in_lang,
                                 samples=self._samples(answers), phases=phases)
@@ -370,6 +384,8 @@ class NeuronCheckpointCallback(TrainerCallback):
             return
         ckpt = self.checkpointer.take(model, step)
         self.taken.add(step)
+        if is_main_process():
+            log.info("%s", checkpoint_line(ckpt))
         if self.on_checkpoint is not None and is_main_process():
             self.on_checkpoint(ckpt)
 

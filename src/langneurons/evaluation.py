@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from . import console
 from .prompts import INSTRUCTION_STOPS, trim_answer
 
 # End-of-turn tokens of common chat formats (Gemma, ChatML, Llama 3): a chat model ends its answer with one.
@@ -76,20 +76,28 @@ class AnswerStops:
 
 def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 64,
              batch_size: int = 16, progress: bool = False, desc: str = "generating",
-             synced_gpus: bool | None = None, stops: Sequence[str] | AnswerStops = INSTRUCTION_STOPS) -> list[str]:
+             synced_gpus: bool | None = None, stops: Sequence[str] | AnswerStops = INSTRUCTION_STOPS,
+             bar: Any = None) -> list[str]:
     """Greedy continuations of ``prompts`` (left-padded batches), each ending at the model's end-of-answer tokens
     or the first of ``stops`` (generation stops there; the text is cut there). ``synced_gpus`` (None:
-    transformers decides) keeps all ranks decoding until every rank's batch is done."""
+    transformers decides) keeps all ranks decoding until every rank's batch is done. ``bar``: a progress bar of
+    the caller's to advance by one per batch (instead of a bar of its own, shown with ``progress``)."""
     device = next(model.parameters()).device
     end = stops if isinstance(stops, AnswerStops) else AnswerStops(model, tokenizer, stops)
     out: list[str] = []
     batches = range(0, len(prompts), batch_size)
     with eval_mode(model), torch.no_grad(), padding_side(tokenizer, "left"):
-        for start in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        own = console.bar(len(batches), desc) if bar is None and progress else None
+        bar = bar if bar is not None else own
+        for start in batches:
             chunk = list(prompts[start:start + batch_size])
             enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
             ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, synced_gpus=synced_gpus,
                                  pad_token_id=tokenizer.pad_token_id, **end.generate_kwargs())
             new = ids[:, enc["input_ids"].shape[1]:]
             out.extend(end.trim(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+            if bar is not None:
+                bar.update()
+        if own is not None:
+            own.close()
     return out

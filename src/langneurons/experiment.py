@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from . import distributed, languages, tracking
+from . import console, distributed, languages, tracking
 from .alignment import build_trainer, training_set
 from .callbacks import STEP_DIR, NeuronCheckpointCallback, NeuronCheckpointer, saved_steps
 from .data import load_problems
@@ -91,6 +91,20 @@ def tiny_tokenizer_corpus(template: str, n: int = 400, seed: int = 1234) -> Iter
             yield f"{row['prompt']} {row['response']}"
 
 
+def set_threads(threads: Any) -> int:
+    """Set torch's intra-op CPU threads for this process from the config's ``threads``: a count, or ``auto`` (torch's
+    own choice: ``OMP_NUM_THREADS`` when set, else one per core). Returns the count in force."""
+    import torch
+
+    if threads is None or str(threads).lower() == "auto":
+        return torch.get_num_threads()
+    if isinstance(threads, bool) or not str(threads).isdigit() or int(threads) < 1:
+        raise HarnessError(f"threads={threads!r} is not a thread count: give a whole number >= 1 (threads=1) or "
+                           "threads=auto")
+    torch.set_num_threads(int(threads))
+    return int(threads)
+
+
 def load_model(model_cfg: Mapping[str, Any], seed: int) -> LoadedModel:
     """The model a config names: a real one when ``name_or_path`` is set, else the built-in tiny model: the base
     the harness pretrains on its generated problems (built once per config, then loaded from the cache; the same
@@ -140,11 +154,34 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[st
     checkpoint, its W&B run and its neuron history.
     """
     import datasets
-    from transformers import set_seed
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     datasets.disable_progress_bars()
     # Under accelerate launch every process runs Hydra itself: all of them must write into rank 0's folder.
     run_dir = distributed.shared_run_dir(Path(run_dir))
+    progress = _Progress()
+    with console.run_console(run_dir), logging_redirect_tqdm():
+        try:
+            return _run(cfg, run_dir, overrides, progress)
+        except BaseException as exc:
+            if not cfg.get("resume") and not progress.training and distributed.is_rank_zero():
+                # nothing was measured yet: a failed start leaves no run folder behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif isinstance(exc, HarnessError):
+                console.record_error(f"error: {exc}")
+            else:
+                console.full_log.exception("the run failed")
+            raise
+
+
+@dataclass
+class _Progress:
+    training: bool = False  # the Trainer has started: the run folder holds measurements from here on
+
+
+def _run(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str], progress: _Progress) -> RunResult:
+    from transformers import set_seed
+
     record: dict[str, Any] = {}
     resume_from = None
     if cfg.get("resume"):
@@ -153,6 +190,7 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[st
                                "runs, not multiruns")
         cfg, record = resumed_config(cfg, run_dir, overrides)
         resume_from = last_trainer_checkpoint(run_dir)
+    set_threads(cfg.get("threads"))
     seed = int(cfg["seed"])
     set_seed(seed)
     aligned = languages.resolve(cfg["lang"])
@@ -202,6 +240,7 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[st
         trainer = build_trainer(cfg["alignment"], cfg["trainer"], loaded.model, loaded.tokenizer, train_set,
                                 run_dir / "checkpoints", seed, report_to=["wandb"] if run is not None else [],
                                 callbacks=callbacks, eval_dataset=data.eval)
+        progress.training = True
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
         adapter_dir = run_dir / "adapter"
         tmp = run_dir / "adapter.tmp"

@@ -67,6 +67,9 @@ def start_run(logger: Mapping[str, Any], config: dict[str, Any], run_dir: Path, 
     if not is_rank_zero():  # one run per job: under accelerate launch only rank 0 talks to W&B
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
+    # W&B's console lines (artifact uploads, "URL not available in offline run" when TRL writes its model card)
+    # follow the process-wide settings, not the run's: the run's own printout says where the run is.
+    wandb.setup(settings=wandb.Settings(silent=True))
     run = wandb.init(
         project=logger.get("project") or "langneurons",
         entity=logger.get("entity"),

@@ -107,10 +107,11 @@ def _load(train: Mapping[str, Any], adapter: AdapterSource | None):
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Probe the model ``cfg["config"]`` (a composed training config) describes; write the folder ``cfg["out"]``."""
     from ..callbacks import NeuronCheckpointer
-    from ..experiment import evaluation_problems, in_model_format
+    from ..experiment import evaluation_problems, in_model_format, set_threads
 
     started = time.perf_counter()
     train = dict(cfg["config"])
+    set_threads(train.get("threads"))
     out = Path(str(cfg["out"])).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HarnessError(f"out={out} already exists and is not empty: give a new folder (a probe never "

@@ -7,6 +7,7 @@ against 139.0 s) and 2.4x slower over 600, its compile time never paid back.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -16,7 +17,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..console import interactive
 from .corpus import Document
+
+log = logging.getLogger(__name__)
 
 # Batches are cut from windows of this many batches sorted by length, so a batch holds documents of similar
 # length (little padding) while the order of batches stays random.
@@ -89,7 +93,9 @@ def pretrain(model: torch.nn.Module, tokenizer: Any, docs: Sequence[Document], c
     tokens = 0
     started = time.perf_counter()
     model.train()
-    bar = tqdm(batches, desc="pretraining the tiny base", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(batches, desc="pretraining the tiny base", unit="step", disable=not progress or not interactive(),
+               dynamic_ncols=True)
+    every_tenth = max(1, steps // 10) if progress and not interactive() else 0  # a line each, for log files
     for step, batch in enumerate(bar):
         width = max(len(ids[i]) for i in batch)
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -111,6 +117,9 @@ def pretrain(model: torch.nn.Module, tokenizer: Any, docs: Sequence[Document], c
         if step % log_every == 0 or step == steps - 1:
             losses.append(round(value, 4))
             bar.set_postfix(loss=f"{value:.3f}")
+        if every_tenth and (step + 1) % every_tenth == 0 and step + 1 < steps:
+            log.info("pretraining the tiny base: step %d/%d (%d%%), loss %.3f, %.0f s", step + 1, steps,
+                     100 * (step + 1) // steps, value, time.perf_counter() - started)
         if on_step is not None:
             on_step(step)
     model.eval()

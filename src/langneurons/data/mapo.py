@@ -166,7 +166,7 @@ class HFSampler:
         self.max_new_tokens, self.batch_size, self.seed = int(max_new_tokens), int(batch_size), int(seed)
 
     def sample(self, prompts: Sequence[str], k: int) -> list[list[str]]:
-        from tqdm.auto import tqdm
+        from ..console import bar
 
         device = next(self.model.parameters()).device
         cuda = [device.index or 0] if device.type == "cuda" else []
@@ -175,7 +175,9 @@ class HFSampler:
         with torch.random.fork_rng(devices=cuda), eval_mode(self.model), torch.no_grad(), \
                 padding_side(self.tokenizer, "left"):
             torch.manual_seed(self.seed)
-            for start in tqdm(range(0, len(prompts), self.batch_size), desc="MAPO: sampling", leave=False):
+            batches = range(0, len(prompts), self.batch_size)
+            progress = bar(len(batches), "MAPO: sampling", unit="batch")
+            for start in batches:
                 enc = self.tokenizer(list(prompts[start:start + self.batch_size]), return_tensors="pt",
                                      padding=True).to(device)
                 ids = self.model.generate(**enc, do_sample=True, temperature=self.temperature, top_p=self.top_p,
@@ -183,6 +185,8 @@ class HFSampler:
                                           pad_token_id=self.tokenizer.pad_token_id, **end.generate_kwargs())
                 texts = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
                 out.extend([end.trim(t) for t in texts[i:i + k]] for i in range(0, len(texts), k))
+                progress.update()
+            progress.close()
         return out
 
 

@@ -176,6 +176,7 @@ def collect_stats(
     progress: bool = True,
     reduce: bool | None = None,
     metadata: Mapping[str, Any] | None = None,
+    desc: str = "counting neurons",
 ) -> NeuronStats:
     """Count neuron activations of ``model`` over ``batches``; return per-language :class:`NeuronStats`.
 
@@ -190,7 +191,7 @@ def collect_stats(
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     with ActivationCounter(model, langs, count=count, device=device) as counter:
         quiet = not progress or not is_main_process()
-        for batch in tqdm(batches, total=total, desc="counting neurons", disable=quiet, leave=False):
+        for batch in tqdm(batches, total=total, desc=desc, disable=quiet, leave=False, unit="batch"):
             counter.update(batch)
     return counter.stats(reduce=reduce, metadata=metadata)
 
