@@ -169,6 +169,10 @@ def test_two_cpu_processes_train_check_neurons_and_log_once_like_one_process(tmp
                             "--num_processes", "2", str(ROOT / "train.py"), *SHORT],
                            cwd=tmp_path, env=cpu_env(), capture_output=True, text=True, timeout=900)
     assert multi.returncode == 0, multi.stderr[-3000:]
+    # the console of one process: rank 0 prints, the other rank adds nothing (no line twice, no DDP warning)
+    printed = multi.stdout + multi.stderr
+    assert printed.count("neuron checkpoint at step 0 ") == 1 and printed.count("Run finished:") == 1, printed
+    assert "find_unused_parameters" not in printed and "Warning" not in printed, printed[-3000:]
     folders = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
     assert len(folders) == 1, folders
     run_dir = folders[0]

@@ -3,6 +3,11 @@ and DeepSpeed ZeRO-3."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -22,7 +27,8 @@ def test_the_slurm_launcher_composes_with_a_users_partition():
     cfg = launcher_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
                           "lang=sw")
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    # the plugin's launcher with a line per job (langneurons.launchers)
+    assert launcher._target_ == "hydra_plugins.langneurons_launcher.launcher.SlurmLauncher"
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 4 and launcher.tasks_per_node == 1
     assert launcher.timeout_min > 0 and launcher.mem_gb > 0
     # job logs land beside the multirun's jobs
@@ -33,8 +39,78 @@ def test_the_slurm_launcher_composes_with_a_users_partition():
 def test_the_slurm_launcher_can_be_built():
     from hydra.utils import instantiate
 
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+
     launcher = instantiate(launcher_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher)
-    assert type(launcher).__name__ == "SlurmLauncher" and launcher.params["partition"] == "gpu"
+    assert isinstance(launcher, SlurmLauncher) and launcher.params["partition"] == "gpu"
+    assert launcher.params["array_parallelism"] == 16 and launcher.params["setup"] == []
+    local = instantiate(launcher_config("hydra/launcher=local").hydra.launcher)
+    assert isinstance(local, LocalLauncher) and local.params["gpus_per_node"] == 0
+
+
+# A Hydra app whose jobs end the three ways a job of train.py can: ok, train.py's one-line error (exit 2), a crash.
+APP = """
+import sys, hydra
+
+@hydra.main(config_path=None, version_base="1.3")
+def main(cfg):
+    if cfg.end == "error":
+        print("error: end=error fails as train.py fails", file=sys.stderr)
+        sys.exit(2)
+    if cfg.end == "crash":
+        raise ValueError("end=crash crashed")
+    print("ended", cfg.end)
+
+main()
+"""
+
+
+def multirun(script: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``python <script> -m hydra/launcher=local <overrides>`` with this project's launcher configs."""
+    return subprocess.run([sys.executable, str(script), "-m", f"hydra.searchpath=[file://{ROOT / 'conf'}]",
+                           "hydra/launcher=local", *overrides], cwd=script.parent, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_the_local_launcher_prints_each_jobs_log_and_how_it_ended(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed")
+    (tmp_path / "app.py").write_text(APP)
+    out = multirun(tmp_path / "app.py", "hydra.sweep.dir=m", "+end=ok,error,crash")
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = [line.split("[HYDRA] ", 1)[-1] for line in out.stdout.splitlines()]
+    submitted = {}
+    for line in lines:  # "#0 +end=ok: submitted as job 1234, log m/.submitit/1234/1234_0_log.out"
+        if match := re.fullmatch(r"#(\d) \+end=(\w+): submitted as job (\d+), log m/\.submitit/(\d+)/(\d+)_0_log\.out",
+                                 line):
+            assert match[3] == match[4] == match[5]
+            submitted[match[2]] = match[3]
+    assert list(submitted) == ["ok", "error", "crash"]
+    ok, error, crash = (f"m/.submitit/{job}/{job}_0_log" for job in submitted.values())
+    ended = {line.split(":", 1)[0]: line for line in lines if re.match(r"#\d .*: (ok|failed) after", line)}
+    assert re.fullmatch(rf"#0 \+end=ok: ok after \d+ s: run folder m/0, log {ok}\.out", ended["#0 +end=ok"])
+    assert re.fullmatch(rf"#1 \+end=error: failed after \d+ s: error: end=error fails as train.py fails   "
+                        rf"full log: {error}\.err", ended["#1 +end=error"])
+    assert re.fullmatch(rf"#2 \+end=crash: failed after \d+ s: ValueError: end=crash crashed   full log: "
+                        rf"{crash}\.err", ended["#2 +end=crash"])
+    assert "2 of 3 jobs failed: #1 +end=error, #2 +end=crash" in lines
+    assert "ended ok" in (tmp_path / f"{ok}.out").read_text()
+    assert "ValueError: end=crash crashed" in (tmp_path / f"{crash}.err").read_text()  # the crash's traceback
+    # Hydra ends the multirun with the first failed job's line, not a traceback through submitit
+    assert "Traceback" not in out.stderr
+    first = f"#1 +end=error failed: error: end=error fails as train.py fails   full log: {error}.err"
+    assert f"2 of 3 jobs failed; {first}" in out.stderr
+
+
+def test_a_train_py_job_that_fails_shows_its_error_line_and_log(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed")
+    out = run_train("-m", "hydra/launcher=local", f"hydra.sweep.dir={tmp_path}", "lang=xx")
+    assert out.returncode == 1, out.stdout + out.stderr
+    job = next(p.name for p in (tmp_path / ".submitit").iterdir() if p.name != "%j")
+    line = next(line for line in out.stdout.splitlines() if "#0: failed after" in line)
+    assert line.split("[HYDRA] ", 1)[1].split(": ", 2)[2] == (
+        f"error: unknown language code 'xx': supported codes are en, zh, ru, de, fr, es, ja, sw, th, bn, te (or 'all' "
+        f"for the paper's ten)   full log: {tmp_path}/.submitit/{job}/{job}_0_log.err")
+    assert "Traceback" not in out.stderr and "#0 failed: error: unknown language code 'xx'" in out.stderr
 
 
 @pytest.mark.slow
@@ -45,6 +121,10 @@ def test_the_local_submitit_launcher_runs_a_multirun_job_with_its_own_wandb_run(
                     "neurons=off")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / ".submitit").is_dir()  # it went through submitit
+    job = next(p.name for p in (tmp_path / ".submitit").iterdir() if p.name != "%j")
+    log = f"{tmp_path}/.submitit/{job}/{job}_0_log.out"
+    assert f": submitted as job {job}, log {log}" in out.stdout
+    assert re.search(rf"\] #0: ok after \d+ s: run folder {tmp_path}/0, log {log}$", out.stdout, re.M)
     runs = offline_runs(tmp_path / "0")
     assert len(runs) == 1
     run_record = next(r["run"] for r in inspect_records(runs[0]) if r.get("type") == "run")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, inspect_records, inspect_summary, offline_runs
-from langneurons.errors import HarnessError
+from langneurons.errors import HarnessError, error_line
 from langneurons.sweep import SweepState, build_command, load_sweep
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -144,12 +145,19 @@ def test_the_offline_agent_runs_a_two_run_grid_of_train_py_and_stops(tmp_path):
     assert other.returncode == 2 and "started with another overrides" in other.stderr
 
 
-# A stand-in for train.py: reads key=value overrides, logs a known function of x to an offline W&B run.
+# A stand-in for train.py: reads key=value overrides, logs a known function of x to an offline W&B run; fail=yes
+# fails as train.py does on a HarnessError (one error line on stderr, exit 2), fail=crash with a traceback followed
+# by other output (as W&B's exit hooks print after one).
 FAKE_PROGRAM = """
-import sys, wandb
+import atexit, sys, wandb
 args = dict(a.split("=", 1) for a in sys.argv[1:])
+print("starting the run")
 if args.get("fail") == "yes":
-    sys.exit(3)
+    print("error: fail=yes makes this run fail", file=sys.stderr)
+    sys.exit(2)
+if args.get("fail") == "crash":
+    atexit.register(lambda: print("wandb: closing words", file=sys.stderr))
+    raise ValueError("x=" + args["x"] + " crashed")
 x = float(args["x"])
 run = wandb.init(project="fake", dir=args["hydra.run.dir"], group=args["logger.group"], mode="offline",
                  config={"x": x})
@@ -181,12 +189,60 @@ def test_bayes_gets_every_finished_runs_metric_from_its_wandb_run(tmp_path):
     assert len({r["params"]["x"]["value"] for r in state.runs}) == 3
 
 
-def test_a_failed_run_is_recorded_and_the_agent_says_so(tmp_path):
-    sweep = fake_sweep(tmp_path, method="grid", parameters={"x": {"value": 0.5}, "fail": {"value": "yes"}})
+def test_the_agent_prints_a_line_per_run_start_and_end_and_a_failed_runs_error_line(tmp_path):
+    sweep = fake_sweep(tmp_path, method="grid", metric={"name": "score", "goal": "maximize"},
+                       parameters={"x": {"value": 0.5}, "fail": {"values": ["no", "yes", "crash"]}})
     out = agent(str(sweep), "--dir", "s", cwd=tmp_path)
-    assert out.returncode == 1 and "failed" in out.stdout
+    assert out.returncode == 1, out.stdout + out.stderr
     state = json.loads((tmp_path / "s" / "sweep.json").read_text())
-    assert [(r["state"], r["exit_code"], r["summary"]) for r in state["runs"]] == [("failed", 3, {})]
+    runs = {r["params"]["fail"]["value"]: r for r in state["runs"]}
+    assert [(r["state"], r["exit_code"]) for r in state["runs"]] == [("finished", 0), ("failed", 2), ("failed", 1)]
+    # the error line of each failed run is kept with it: train.py's one-line error, or the exception of a crash
+    assert runs["yes"]["error"] == "error: fail=yes makes this run fail"
+    assert runs["crash"]["error"] == "ValueError: x=0.5 crashed"
+    assert "error" not in runs["no"] and runs["no"]["summary"]["score"] == pytest.approx(-0.04)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "sweep fake: new sweep in s (a run's output: <its folder>/agent.log)"
+    for i, (fail, record) in enumerate(runs.items()):  # one line as a run starts, one as it ends, in order
+        name = f"{i:03d}-{record['id']}"
+        assert Path(record["dir"]).name == name
+        what = f"sweep fake: run {name} fail={fail} x=0.5: "
+        assert lines[1 + 2 * i] == what + "started"
+        assert lines[2 + 2 * i].startswith(what)
+    assert re.fullmatch(r"sweep fake: run 000-\w{8} fail=no x=0\.5: finished in \d+ s, score=-0\.04", lines[2])
+    assert re.fullmatch(r"sweep fake: run 001-\w{8} fail=yes x=0\.5: failed \(exit 2\) after \d+ s: "
+                        r"error: fail=yes makes this run fail   full output: s/001-\w{8}/agent\.log", lines[4])
+    assert re.fullmatch(r"sweep fake: run 002-\w{8} fail=crash x=0\.5: failed \(exit 1\) after \d+ s: "
+                        r"ValueError: x=0\.5 crashed   full output: s/002-\w{8}/agent\.log", lines[6])
+    assert lines[7:] == ["sweep fake: the grid is exhausted (3 runs)",
+                         "sweep fake: 3 runs started now (2 failed), 3 in all; state in s/sweep.json"]
+
+
+def test_a_run_of_train_py_that_fails_shows_its_error_line(tmp_path):
+    config = yaml.safe_load((ROOT / "sweeps" / "languages.yaml").read_text())
+    config["parameters"]["lang"]["values"] = ["xx"]  # train.py refuses it before it loads anything
+    sweep_file = tmp_path / "bad-lang.yaml"
+    sweep_file.write_text(yaml.safe_dump(config))
+    out = agent(str(sweep_file), "--dir", str(tmp_path / "s"), *SHORT)
+    assert out.returncode == 1, out.stdout + out.stderr
+    record = json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"][0]
+    assert record["state"] == "failed" and record["exit_code"] == 2
+    assert record["error"].startswith("error: unknown language code 'xx'")
+    log = Path(record["dir"]) / "agent.log"
+    assert "failed (exit 2) after" in out.stdout
+    assert f": {record['error']}   full output: {log}\n" in out.stdout
+
+
+def test_the_error_line_is_the_last_error_or_the_exception_that_ended_the_output():
+    assert error_line("step 1\nerror: unknown language code 'xx': use ...\nwandb: bye\n") == \
+        "error: unknown language code 'xx': use ..."
+    crash = ("error: an earlier line\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+             "    f()\nKeyError: 'lang'\n\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack "
+             "trace.\nwandb: Find logs at: x\n")
+    assert error_line(crash) == "KeyError: 'lang'"
+    assert error_line("loading\nKilled\nwandb: Find logs at: x\n") == "Killed"
+    assert error_line("") is None and error_line("\n  \n") is None
+    assert len(error_line("error: " + "x" * 2000)) == 500
 
 
 def test_an_interrupted_run_runs_again_when_the_sweep_continues(tmp_path):

@@ -134,7 +134,7 @@ def test_a_wrong_key_or_option_is_one_line_before_any_run_folder(tmp_path, overr
 def test_full_default_run_records_start_middle_and_end(tmp_path):
     from langneurons.languages import PAPER_LANGS
 
-    out = run_train(f"hydra.run.dir={tmp_path}", threads=2)  # as the README: no OMP_NUM_THREADS
+    out = run_train(f"hydra.run.dir={tmp_path}", threads=2)  # the default, 2 (tests pin 1)
     assert out.returncode == 0, out.stderr[-3000:]
     run = offline_runs(tmp_path / "wandb")[0]
     summary = inspect_summary(run)

@@ -124,7 +124,7 @@ def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], templa
     hit = pairs is not None
     where = pairstore.folder_for(cache_dir, key) if cache_dir else None
     if hit:
-        print(f"MAPO: reusing cached preference pairs from {where}")
+        log.info("MAPO: reusing cached preference pairs from %s", where)
     else:
         pairs = _build_mapo_pairs(alignment, aligned, template, seed, policy, scorer, include_gold)
         if cache_dir:
@@ -134,8 +134,8 @@ def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], templa
                 where = None
                 log.warning("MAPO: could not cache the pairs in %s (%s); set alignment.cache_dir to a writable "
                             "folder", cache_dir, e)
-        print(f"MAPO: built {len(pairs.train)} train / {len(pairs.eval)} eval preference pairs"
-              + (f", cached in {where}" if where else ", not cached"))
+        log.info("MAPO: built %d train / %d eval preference pairs%s", len(pairs.train), len(pairs.eval),
+                 f", cached in {where}" if where else ", not cached")
     stats = {**pairs.stats, "cache": {"hit": hit, "path": str(where) if where else None, "key": key}}
     if out_dir is not None:
         pairstore.write(Path(out_dir), pairs)

@@ -160,18 +160,35 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[st
     # Under accelerate launch every process runs Hydra itself: all of them must write into rank 0's folder.
     run_dir = distributed.shared_run_dir(Path(run_dir))
     progress = _Progress()
+    before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
     with console.run_console(run_dir), logging_redirect_tqdm():
         try:
             return _run(cfg, run_dir, overrides, progress)
         except BaseException as exc:
             if not cfg.get("resume") and not progress.training and distributed.is_rank_zero():
-                # nothing was measured yet: a failed start leaves no run folder behind
-                shutil.rmtree(run_dir, ignore_errors=True)
+                _discard_failed_start(run_dir, before)
             elif isinstance(exc, HarnessError):
                 console.record_error(f"error: {exc}")
             else:
                 console.full_log.exception("the run failed")
             raise
+
+
+def _discard_failed_start(run_dir: Path, before: set[str]) -> None:
+    """A run that failed before training measured nothing: remove what it and Hydra wrote (``.hydra/``, the log),
+    and the folder when nothing else is in it. What was there before (a sweep agent's ``agent.log``) stays."""
+    hydra_own = {*distributed.HYDRA_FILES, console.TRAIN_LOG}
+    if not run_dir.is_dir():
+        return
+    for entry in run_dir.iterdir():
+        if entry.name in before and entry.name not in hydra_own:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .errors import HarnessError
+from .errors import HarnessError, error_line, shown_path, tail
 from .neurons.storage import atomic_write
 
 STATE_FILE = "sweep.json"
@@ -201,10 +201,19 @@ def _new_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def run_one(state: SweepState, params: dict[str, Any], log=print) -> dict[str, Any]:
-    """Start one run of the sweep with ``params`` and wait for it; returns its record (also saved in the state)."""
+    """Start one run of the sweep with ``params`` and wait for it; returns its record (also saved in the state).
+
+    Prints one line when the run starts and one when it ends: its name (its folder's), parameters, state, time and
+    metric; for a failed run, its error line (:func:`langneurons.errors.error_line`) and where its whole output is.
+    """
     run_id = _new_id()
-    run_dir = (state.folder / f"{len(state.runs):03d}-{run_id}").resolve()
+    name = f"{len(state.runs):03d}-{run_id}"
+    run_dir = (state.folder / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     json_file = run_dir / "sweep-args.json"
     json_file.write_text(sweep_args(params)["args_json"][0], encoding="utf-8")
@@ -214,11 +223,13 @@ def run_one(state: SweepState, params: dict[str, Any], log=print) -> dict[str, A
     state.runs.append(record)
     state.launched.append(record)
     state.save()
-    log(f"sweep {state.name}: run {len(state.runs)} ({run_id}): {' '.join(sweep_args(params)['args_no_hyphens'])}")
+    what = f"sweep {state.name}: run {name} {' '.join(sweep_args(params)['args_no_hyphens'])}"
+    log(f"{what}: started")
     started = time.perf_counter()
     # WANDB_RUN_ID gives the run the id chosen here, as W&B's agent does, so its W&B run can be found afterwards.
     env = {**os.environ, "WANDB_RUN_ID": run_id}
-    with open(run_dir / "agent.log", "w", encoding="utf-8") as out:
+    output = run_dir / "agent.log"
+    with open(output, "wb") as out:
         try:
             code = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
         except KeyboardInterrupt:
@@ -233,9 +244,19 @@ def run_one(state: SweepState, params: dict[str, Any], log=print) -> dict[str, A
     summary = (info or {}).get("summary") or {}
     record["summary"] = {metric: summary[metric]} if metric and metric in summary else {}
     record["state"] = "finished" if code == 0 else "failed"
+    if code != 0:
+        record["error"] = error_line(tail(output))
     state.save()
-    result = f"{metric}={record['summary'][metric]}" if record["summary"] else f"exit code {code}"
-    log(f"  {record['state']} in {record['seconds']:.0f} s, {result}  ({run_dir}; output in agent.log)")
+    took = f"{record['seconds']:.0f} s"
+    if code != 0:
+        log(f"{what}: failed (exit {code}) after {took}: {record['error'] or 'no output'}   "
+            f"full output: {shown_path(output)}")
+    elif record["summary"]:
+        log(f"{what}: finished in {took}, {metric}={_number(record['summary'][metric])}")
+    elif metric:
+        log(f"{what}: finished in {took}, no {metric} in its W&B summary   output: {shown_path(output)}")
+    else:
+        log(f"{what}: finished in {took}")
     return record
 
 
@@ -247,7 +268,9 @@ def run_sweep(config_file: Path, count: int | None = None, folder: Path | None =
     folder = Path(folder) if folder is not None else DEFAULT_ROOT / str(config["name"])
     state = SweepState.open(folder, config, overrides)
     if state.runs:
-        log(f"sweep {state.name}: continuing in {state.folder} after {len(state.runs)} runs")
+        log(f"sweep {state.name}: continuing in {shown_path(state.folder)} after {len(state.runs)} runs")
+    else:
+        log(f"sweep {state.name}: new sweep in {shown_path(state.folder)} (a run's output: <its folder>/agent.log)")
     launched = 0
     while count is None or launched < count:
         params = state.propose()
@@ -288,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     failed = [r for r in state.launched if r["state"] != "finished"]
     print(f"sweep {state.name}: {len(state.launched)} runs started now ({len(failed)} failed), {len(state.runs)} in "
-          f"all; state in {state.folder / STATE_FILE}")
+          f"all; state in {shown_path(state.folder / STATE_FILE)}")
     return 1 if failed else 0
 
 

@@ -1,0 +1,1 @@
+"""Hydra plugins of langneurons: the submitit launchers that report each job (see :mod:`langneurons.launchers`)."""
