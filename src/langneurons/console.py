@@ -124,7 +124,7 @@ class TrainingProgress(TrainerCallback):
         if interactive():
             self.bar = bar(total=state.max_steps, desc="training", unit="step", initial=state.global_step)
         elif is_rank_zero():
-            log.info("training: %d steps%s", state.max_steps,
+            log.info("training: %d step%s%s", state.max_steps, "" if state.max_steps == 1 else "s",
                      f", from step {state.global_step}" if state.global_step else "")
 
     def _mark_after(self, step: int, total: int) -> int:
@@ -168,5 +168,6 @@ class TrainingProgress(TrainerCallback):
         if is_rank_zero():
             steps = state.global_step - self.first_step
             seconds = time.perf_counter() - self.started
-            log.info("training: %d steps in %s%s (neuron checkpoints included)", steps, _duration(seconds),
+            log.info("training: %d step%s in %s%s (neuron checkpoints included)", steps, "" if steps == 1 else "s",
+                     _duration(seconds),
                      f" ({1000 * seconds / steps:.0f} ms a step)" if steps else "")
