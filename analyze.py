@@ -10,9 +10,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 from langneurons.analysis.cli import main
+
+# TRL / PEFT still call a transformers API deprecated in 5.x when an adapter loads; theirs to fix, nothing for users.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], conf_dir=Path(__file__).resolve().parent / "conf" / "analyze"))

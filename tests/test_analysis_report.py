@@ -16,6 +16,7 @@ import torch
 
 from langneurons.analysis.deactivation import deactivation_effects, load_checkpoint_model, load_probe_problems
 from langneurons.analysis.cli import main
+from langneurons.analysis.sections import slug
 from langneurons.analysis.sources import IdentifySettings, load_run
 from langneurons.errors import HarnessError
 from langneurons.languages import PAPER_LANGS
@@ -25,7 +26,7 @@ from conftest import ROOT, inspect_records, inspect_summary, offline_runs, run_t
 
 SHORT = ["trainer.max_steps=4", "neurons.every_n_steps=2", "data.n=4", "alignment.questions.n=16",
          "eval.max_new_tokens=8", "trainer.save_steps=2"]
-LABELS = {"sw": "tiny-mapo-sw", "zhde": "tiny-mapo-zh+de"}
+LABELS = {"sw": "tiny mapo sw synthetic", "zhde": "tiny mapo zh+de synthetic"}  # model, method, languages, data
 
 
 # The tiny model runs no faster on two threads, and on cores shared with other jobs two OpenMP threads can be many
@@ -59,11 +60,18 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def report(runs, tmp_path_factory):
+def report_process(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     proc = analyze("report", f"runs=[{runs['sw']},{runs['zhde']}]", f"out={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def report(report_process):
+    out, proc = report_process
+    assert len(proc.stdout.strip().splitlines()) == 1  # progress goes to stderr: stdout is the one JSON line
+    return out, json.loads(proc.stdout)
 
 
 def read_csv(path) -> list[dict]:
@@ -110,6 +118,17 @@ def test_report_is_one_self_contained_page_with_every_figure_and_table(report):
     for section in ("counts", "stages", "change", "overlap", "spontaneous"):
         assert f'<section id="{section}">' in page
     assert set(result["stages"]) == set(LABELS.values())
+
+
+def test_report_says_each_phase_in_one_line_on_stderr(report_process):
+    """stderr is a pipe here: no bar redraws, one line per phase with its seconds (a log file stays readable)."""
+    stderr = report_process[1].stderr
+    lines = stderr.splitlines()
+    assert "\r" not in stderr
+    phases = [re.fullmatch(r"report: (.+?) \.\.\. (\d+\.\d) s", line) for line in lines]
+    assert all(phases), lines
+    assert [m[1] for m in phases][:5] == ["counts", "stages", "change", "overlap", "spontaneous"]
+    assert phases[-1][1].startswith("writing ") and len(phases) == 6
 
 
 def test_counts_are_the_counts_the_runs_logged(runs, report):
@@ -199,7 +218,7 @@ def test_layer_tables_and_stages_agree_with_the_saved_identification(runs, repor
     stages = read_csv(out / "tables" / "stages.csv")
     for key, run_dir in runs.items():
         record = json.loads((run_dir / "neurons" / "step-4" / "checkpoint.json").read_text())
-        layers = [r for r in read_csv(out / "tables" / f"layers_{LABELS[key].replace('+', '-')}.csv")]
+        layers = [r for r in read_csv(out / "tables" / f"layers_{slug(LABELS[key])}.csv")]
         assert len(layers) == record["identification"]["layers"] == 4
         for t in ("specific", "related", "general", "unassigned"):
             assert sum(int(r[t]) for r in layers) == record["identification"]["totals"][t]
@@ -212,7 +231,7 @@ def test_layer_tables_and_stages_agree_with_the_saved_identification(runs, repor
 def test_sources_a_checkpoint_folder_a_bare_stats_folder_and_a_step_suffix(runs, tmp_path):
     run_dir = runs["sw"]
     one = load_run(run_dir / "neurons" / "step-2")
-    assert one.kind == "checkpoint" and one.steps == [2] and one.label == "tiny-mapo-sw"
+    assert one.kind == "checkpoint" and one.steps == [2] and one.label == LABELS["sw"]
     assert load_run(f"{run_dir}@first").steps == [0] and load_run(f"{run_dir}@last").steps == [4]
     # statistics without an identification are identified with the given settings: the run's own settings give back
     # the identification it saved
@@ -226,6 +245,29 @@ def test_sources_a_checkpoint_folder_a_bare_stats_folder_and_a_step_suffix(runs,
     assert again.step == 4 and again.ident.lam == saved.lam
     assert torch.equal(again.ident.selected, saved.selected) and torch.equal(again.ident.owners, saved.owners)
     assert torch.equal(again.ident.general, saved.general)
+
+
+def test_identify_and_reidentify_on_a_run_take_the_runs_own_settings(runs, capsys):
+    """The tiny preset selects with neurons.top_rate 0.05: identify on one of its checkpoints, and every checkpoint
+    identified again, give back what the run saved and logged, not analyze's default 0.01."""
+    run_dir = runs["sw"]
+    saved = Identification.load(run_dir / "neurons" / "step-4")
+    assert main(["identify", f"source={run_dir / 'neurons' / 'step-4'}", "lam=auto"],
+                conf_dir=ROOT / "conf" / "analyze") == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["top_rate"] == saved.top_rate == 0.05 and result["selected"] == int(saved.selected.numel()) > 10
+    assert result["totals"] == saved.totals and "note" not in err
+    assert main(["identify", f"source={run_dir / 'neurons' / 'step-4'}", "top_rate=0.01"],
+                conf_dir=ROOT / "conf" / "analyze") == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["selected"] == 10
+    assert f"note: {LABELS['sw']}: top_rate=0.01 differs from the run's neurons.top_rate 0.05" in err.splitlines()
+    assert main(["counts", f"runs=[{run_dir}]", "reidentify=true"], conf_dir=ROOT / "conf" / "analyze") == 0
+    counts = json.loads(capsys.readouterr().out)["counts"][LABELS["sw"]]
+    for step, h in logged(run_dir).items():
+        assert counts[str(step)] == {t: h[f"neurons/total/{t}"] for t in ("specific", "related", "general",
+                                                                         "unassigned")}
 
 
 def test_deactivating_a_language_equals_zeroing_its_up_proj_rows(runs):
@@ -270,7 +312,10 @@ def test_deactivate_command_on_a_saved_checkpoint(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["step"] == 2 and set(result["baseline"]) == set(PAPER_LANGS)
-    assert (tmp_path / "figures" / "deactivation_tiny-mapo-zh-de.png").is_file()
+    assert (tmp_path / "figures" / f"deactivation_{slug(LABELS['zhde'])}.png").is_file()
+    # the phase that runs the model says how many passes it makes; the JSON line stays alone on stdout
+    assert len(proc.stdout.strip().splitlines()) == 1
+    assert re.search(r"^deactivate: deactivation \(3 passes\) \.\.\.", proc.stderr, re.M), proc.stderr
     rows = read_csv(tmp_path / "tables" / "deactivation.csv")
     assert {(r["deactivated"], r["lang"]) for r in rows} == {(a, b) for a in ("zh", "en") for b in PAPER_LANGS}
     for r in rows:
@@ -292,7 +337,8 @@ def test_figures_and_tables_go_to_wandb_as_a_new_run_or_onto_the_source_run_offl
     history = [r["history"]["item"] for r in inspect_records(folders[1]) if r.get("type") == "history"]
     assert history and history[0]["train/global_step"] == 4
     keys = {key.split(".")[0] for key in history[0]}  # media and tables are logged as nested records
-    assert {"analysis/stages_tiny-mapo-sw", "analysis/stages", "analysis/layers_tiny-mapo-sw"} <= keys
+    name = slug(LABELS["sw"])
+    assert {f"analysis/stages_{name}", "analysis/stages", f"analysis/layers_{name}"} <= keys
     proc = analyze("counts", f"runs=[{source}]", f"out={tmp_path / 'counts'}", "wandb=new")
     assert proc.returncode == 0, proc.stderr[-3000:]
     new = offline_runs(tmp_path / "counts" / "wandb")
@@ -365,7 +411,7 @@ def test_wandb_runs_and_artifacts_are_read_through_the_api_when_online(runs, tmp
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setattr(wandb, "Api", FakeApi)
     run = load_run("wandb:me/langneurons/abc123", cache=tmp_path)
-    assert run.kind == "wandb" and run.steps == [0, 2, 4] and run.label == "tiny-mapo-sw"
+    assert run.kind == "wandb" and run.steps == [0, 2, 4] and run.label == LABELS["sw"]
     assert run.aligned_langs == ("sw",) and run.wandb.run_id == "abc123"
     saved = Identification.load(runs["sw"] / "neurons" / "step-4")
     assert torch.equal(run.checkpoint(4).ident.owners, saved.owners)

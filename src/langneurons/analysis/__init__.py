@@ -26,7 +26,7 @@ _EXPORTS = {
     "layer_table": "layers", "stages_table": "layers",
     # (c) before -> after, (e) spontaneous alignment
     "layer_change": "change", "stage_change": "change", "shared_by": "change", "shared_counts": "change",
-    "spontaneous_alignment": "change",
+    "spontaneous_alignment": "change", "language_layer_change": "change",
     # (d) overlaps
     "jaccard": "overlaps", "overlap_across_checkpoints": "overlaps", "overlap_across_runs": "overlaps",
     "overlap_between": "overlaps",
@@ -37,6 +37,7 @@ _EXPORTS = {
     "plot_counts_totals": "figures", "plot_counts_languages": "figures", "plot_stages": "figures",
     "plot_layer_change": "figures", "plot_shared_by": "figures", "plot_overlap_steps": "figures",
     "plot_overlap_pairs": "figures", "plot_spontaneous": "figures", "plot_deactivation": "figures",
+    "plot_language_layer_change": "figures",
     # output
     "Table": "table", "write_outputs": "report", "logged_history": "wandb_io",
 }

@@ -1,7 +1,7 @@
 """(c) and (e): what alignment changed between two checkpoints.
 
 - :func:`layer_change`: neurons per layer and type before and after (paper Fig. 4), and :func:`stage_change`, the
-  same summed over the four stages;
+  same summed over the four stages; :func:`language_layer_change`, per language and layer;
 - :func:`shared_by`: neurons shared by N = 1..K languages before and after (Fig. 5 / 15);
 - :func:`spontaneous_alignment`: for a run aligned on some languages, the change of each language's specific /
   related neurons and accuracy, trained vs untrained languages (Table 2).
@@ -34,6 +34,17 @@ def layer_change(before: Identification, after: Identification) -> Table:
             for layer in range(len(a)) for t, name in enumerate(TYPES)]
     return Table("layer_change", "Neurons per layer before -> after", ["layer", "type", "before", "after", "change"],
                  rows)
+
+
+def language_layer_change(before: Identification, after: Identification) -> Table:
+    """Per language, layer and type (specific, related: the neurons the language owns): before, after, change."""
+    _check(before, after)
+    a, b = layer_distribution(before).per_lang.tolist(), layer_distribution(after).per_lang.tolist()
+    rows = [[lang, layer, name, a[k][layer][t], b[k][layer][t], b[k][layer][t] - a[k][layer][t]]
+            for k, lang in enumerate(before.langs) for layer in range(before.num_layers)
+            for t, name in enumerate(("specific", "related"))]
+    return Table("language_layer_change", "Neurons each language owns per layer before -> after",
+                 ["lang", "layer", "type", "before", "after", "change"], rows)
 
 
 def stage_change(before: Identification, after: Identification, stages: Stages | None = None) -> Table:

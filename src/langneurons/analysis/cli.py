@@ -79,8 +79,9 @@ def usage(prog: str = "analyze.py") -> str:
 
 
 def compose(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """The subcommand's config with ``overrides`` applied, as a plain dict; unknown keys and bad syntax are
-    :class:`HarnessError`. No Hydra run directory is created (compose API, no job)."""
+    """The subcommand's config with ``overrides`` applied, as a plain dict, plus ``given``: the (dotted) keys the
+    overrides set. Unknown keys and bad syntax are :class:`HarnessError`. No Hydra run directory is created
+    (compose API, no job)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -108,7 +109,11 @@ def compose(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, An
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise HarnessError(f"{', '.join(missing)} required: python analyze.py {name} {missing[0]}=...")
-    return OmegaConf.to_container(cfg, resolve=True)
+    composed = OmegaConf.to_container(cfg, resolve=True)
+    # the keys the command line set, so that a subcommand tells them from defaults (a run's own identification
+    # settings fill the ones not given: IdentifySettings.from_cfg)
+    composed["given"] = [str(override.key_or_group) for override in parsed]
+    return composed
 
 
 def compose_with_training(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import time
 from typing import Any, Mapping
 
 from ..errors import HarnessError
+from ..neurons import Identification
+from .progress import Bar, interactive, phase
 from .report import check_wandb, finish
 from .sections import (
     change_section,
@@ -48,6 +50,36 @@ def _runs(cfg: Mapping[str, Any]) -> list[Run]:
                      reidentify=bool(cfg.get("reidentify")), cache=cfg.get("cache"), trained=cfg.get("trained"))
 
 
+def _identify_all(name: str, runs: list[Run]) -> None:
+    """Identify, up front and with a progress bar, every checkpoint that has no saved identification to load (or
+    all of them with reidentify=true): a phase of its own, the slow one on a large model."""
+    todo = [c for r in runs for c in r.checkpoints if c._ident is None and not c._no_ident
+            and (c.reidentify or c.path is None or not Identification.is_saved(c.path))]
+    if not todo:
+        return
+    # a bar on a terminal needs its own line; elsewhere the phase is one line (Bar's lines, if any, interrupt it)
+    with phase(f"{name}: identification of {len(todo)} checkpoint{'s' * (len(todo) != 1)}", chatty=interactive()):
+        bar = Bar(len(todo), "identification", "checkpoint")
+        for ckpt in todo:
+            bar.set_postfix_str(f"step {ckpt.step}")
+            ckpt.ident  # noqa: B018 (computed and kept)
+            bar.update()
+        bar.close()
+
+
+def _passes(runs: list[Run], step: Any, options: Mapping[str, Any]) -> str:
+    """`` (31 passes)``: the model passes a deactivation makes (the intact model + every mode x language), or ""."""
+    total = 0
+    for run in runs:
+        try:
+            ident = run.checkpoint(step).ident
+        except HarnessError:
+            continue
+        if ident is not None:
+            total += 1 + len(options["modes"]) * len(options["deactivated"] or ident.langs)
+    return f" ({total} passes)" if total else ""
+
+
 def _deactivation_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     langs = cfg.get("langs")
     return {"model": cfg.get("model"), "adapter": cfg.get("adapter"), "data": cfg.get("data"), "n": cfg.get("n"),
@@ -64,12 +96,20 @@ def report(cfg: dict[str, Any]) -> dict[str, Any]:
     runs = _runs(cfg)
     mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
     step, before, after = _checked_steps(runs, cfg, {"step": "last", "before": "first", "after": "last"})
-    sections = [counts_section(runs), stages_section(runs, step), change_section(run_pairs(runs, before, after)),
-                overlap_section(runs), spontaneous_section(runs, before, after)]
     deactivation = dict(cfg.get("deactivation") or {})
+    deactivation_step = _step(deactivation.get("step") or step)
+    _identify_all("report", runs)
+    sections = []
+    for what, build in (("counts", lambda: counts_section(runs)), ("stages", lambda: stages_section(runs, step)),
+                        ("change", lambda: change_section(run_pairs(runs, before, after))),
+                        ("overlap", lambda: overlap_section(runs)),
+                        ("spontaneous", lambda: spontaneous_section(runs, before, after))):
+        with phase(f"report: {what}"):
+            sections.append(build())
     if deactivation.get("enabled"):
-        sections.append(deactivation_section(runs, _step(deactivation.get("step") or step),
-                                             **_deactivation_options(deactivation)))
+        options = _deactivation_options(deactivation)
+        with phase(f"report: deactivation{_passes(runs, deactivation_step, options)}", chatty=interactive()):
+            sections.append(deactivation_section(runs, deactivation_step, **options))
     # last, so that it holds the notes of checkpoints identified along the way
     sections.insert(0, overview_section(runs))
     result = finish(sections, runs, cfg, "report", started, mode)
@@ -82,7 +122,9 @@ def counts(cfg: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     runs = _runs(cfg)
     mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
-    section = counts_section(runs)
+    _identify_all("counts", runs)
+    with phase("counts: neuron counts over steps"):
+        section = counts_section(runs)
     result = finish([overview_section(runs), section], runs, cfg, "counts", started, mode)
     result["counts"] = section.data
     return result
@@ -94,7 +136,8 @@ def stages(cfg: dict[str, Any]) -> dict[str, Any]:
     runs = _runs(cfg)
     mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
     (step,) = _checked_steps(runs, cfg, {"step": "last"})
-    section = stages_section(runs, step, bool(cfg.get("per_language", True)))
+    with phase("stages: layer distribution and stages"):
+        section = stages_section(runs, step, bool(cfg.get("per_language", True)))
     result = finish([section], runs, cfg, "stages", started, mode)
     result["stages"] = section.data
     if cfg.get("per_language", True) and section.tables:
@@ -116,9 +159,11 @@ def compare(cfg: dict[str, Any]) -> dict[str, Any]:
     b, a = before_run.checkpoint("first"), after_run.checkpoint("last")
     label = (before_run.label if before_run.source.split("@")[0] == after_run.source.split("@")[0]
              else f"{before_run.label} -> {after_run.label}")
-    change = change_section([(label, b, a)])
-    overlap = overlap_section([], extra=[(f"before: {before_run.label}@{b.step}", b.ident),
-                                         (f"after: {after_run.label}@{a.step}", a.ident)])
+    with phase("compare: change"):
+        change = change_section([(label, b, a)])
+    with phase("compare: overlap"):
+        overlap = overlap_section([], extra=[(f"before: {before_run.label}@{b.step}", b.ident),
+                                             (f"after: {after_run.label}@{a.step}", a.ident)])
     result = finish([change, overlap], runs, cfg, "compare", started, mode)
     result["change"] = change.data.get(label, {})
     pairs = overlap.tables[0].records() if overlap.tables else []
@@ -131,7 +176,9 @@ def overlap(cfg: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     runs = _runs(cfg)
     mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
-    section = overlap_section(runs)
+    _identify_all("overlap", runs)
+    with phase("overlap: overlaps"):
+        section = overlap_section(runs)
     result = finish([overview_section(runs), section], runs, cfg, "overlap", started, mode)
     steps = next((t for t in section.tables if t.name == "overlap_steps"), None)
     if steps is not None:
@@ -149,7 +196,8 @@ def spontaneous(cfg: dict[str, Any]) -> dict[str, Any]:
     runs = _runs(cfg)
     mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
     before, after = _checked_steps(runs, cfg, {"before": "first", "after": "last"})
-    section = spontaneous_section(runs, before, after)
+    with phase("spontaneous: trained vs untrained languages"):
+        section = spontaneous_section(runs, before, after)
     result = finish([section], runs, cfg, "spontaneous", started, mode)
     result["spontaneous"] = section.data
     return result
@@ -162,7 +210,9 @@ def deactivate(cfg: dict[str, Any]) -> dict[str, Any]:
                    cache=cfg.get("cache"))
     mode = check_wandb(cfg.get("wandb"), [run], cfg.get("out"))
     (step,) = _checked_steps([run], cfg, {"step": "last"})
-    section = deactivation_section([run], step, **_deactivation_options(cfg))
+    options = _deactivation_options(cfg)
+    with phase(f"deactivate: deactivation{_passes([run], step, options)}", chatty=interactive()):
+        section = deactivation_section([run], step, **options)
     if run.label not in section.data:
         raise HarnessError(section.notes[-1] if section.notes else f"{run.label}: deactivation failed")
     result = finish([section], [run], cfg, "deactivate", started, mode)

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tqdm.auto import tqdm
-
 from ..errors import DataError, HarnessError
 from ..modeling import LoadedModel, load_pretrained
 from ..offline import OfflineCopy
 from ..neurons import Identification, deactivate, make_batches, perplexity
 from ..prompts import prompt_format
+from .progress import Bar
 from .sources import Run, step_folders
 from .table import Table
 
@@ -106,8 +105,8 @@ def deactivation_effects(model: Any, tokenizer: Any, ident: Identification, prob
                 for lang in langs for p, r in zip(problems[lang]["prompt"], problems[lang]["response"])]
     batches = make_batches(tokenizer, examples, langs, count="response", batch_size=batch_size, max_length=max_length)
     # one bar over the passes: the intact model, then every (mode, language) with that language's neurons zeroed
-    bar = tqdm(total=1 + len(modes) * len(deactivated), desc="deactivation", unit="pass", disable=not progress,
-               leave=False)
+    # (a tqdm bar when stderr is a terminal, else a line now and then: analysis.progress.Bar)
+    bar = Bar(1 + len(modes) * len(deactivated), "deactivation", "pass", enabled=progress)
     bar.set_postfix_str("intact model")
     baseline = perplexity(model, batches, langs)
     result = DeactivationResult(langs, deactivated, modes, baseline, {}, {})

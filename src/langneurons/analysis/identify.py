@@ -10,18 +10,12 @@ import torch
 
 from .. import languages
 from ..errors import HarnessError
-from ..neurons import GeneralRule, Identification, identify, load_stats
+from ..neurons import Identification, NeuronStats, load_stats
+from ..neurons.reference import is_reference_folder
 from ..neurons.storage import atomic_write
-
-
-def _number(cfg: dict[str, Any], key: str, kind: type = float) -> Any:
-    value = cfg[key]
-    if value is None:
-        return None
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise HarnessError(f"{key} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None
+from .progress import note, phase
+from .sources import (_STEP_DIR, IdentifySettings, has_config, read_config, setting_label, split_step,
+                      step_folders)
 
 
 def output_paths(out: str) -> tuple[Path, Path]:
@@ -43,25 +37,57 @@ def save_outputs(ident: Identification, out: str) -> dict[str, str]:
     return {"mask": str(mask_path), "identification": str(ours)}
 
 
+def checkpoint_folder(source: str) -> tuple[Path, Path | None]:
+    """(statistics folder, its run dir or None) for ``source``: a statistics folder; one ``<run>/neurons/step-<N>``
+    of a run (or a probe folder); or a run dir / probe folder itself, its last checkpoint (``<run>@<step>``: that
+    one). The run dir is given when it holds a run config."""
+    path, at = split_step(source)
+    path = Path(path).expanduser()
+    if path.name == "neurons" and step_folders(path):
+        path = path.parent
+    folders = step_folders(path / "neurons") if path.is_dir() else []
+    if folders and not NeuronStats.is_saved(path) and not is_reference_folder(path):
+        if at is None or at == "last":
+            path = folders[-1][1]
+        elif at == "first":
+            path = folders[0][1]
+        else:
+            found = [p for step, p in folders if step == int(at)]
+            if not found:
+                raise HarnessError(f"{source!r} has no neuron checkpoint at step {at}: it has steps "
+                                   f"{', '.join(str(step) for step, _ in folders)}")
+            path = found[0]
+    elif at is not None:
+        raise HarnessError(f"{source!r}: @<step> picks a checkpoint of a run dir; give the statistics folder alone")
+    run_dir = path.parent.parent
+    if _STEP_DIR.match(path.name) and path.parent.name == "neurons" and has_config(run_dir):
+        return path, run_dir
+    return path, None
+
+
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Identify neurons as ``cfg`` says (see conf/analyze/identify.yaml); return the summary, plus output paths."""
+    """Identify neurons as ``cfg`` says (see conf/analyze/identify.yaml); return the summary, plus output paths.
+
+    On a checkpoint of a run (or a run dir: its last checkpoint), the settings not given are the run's own
+    ``neurons.*``; a given one that differs from the run's is said on stderr and under ``notes``."""
+    settings = IdentifySettings.from_cfg(cfg)
     langs = None if cfg.get("langs") is None else languages.resolve(cfg["langs"])
-    stats = load_stats(cfg["source"], langs=langs)
-    lam = cfg["lam"]
-    if not (isinstance(lam, str) and lam == "auto"):
-        lam = _number(cfg, "lam")
-    ident = identify(
-        stats,
-        str(cfg["method"]),
-        top_rate=_number(cfg, "top_rate"),
-        lam=lam,
-        bar=_number(cfg, "bar"),
-        filter_rate=_number(cfg, "filter_rate"),
-        general=GeneralRule(bar=_number(cfg, "general_bar"), min_langs=_number(cfg, "general_min_langs", int)),
-        lam_range=(_number(cfg, "lam_lo"), _number(cfg, "lam_hi")),
-        lam_eps=_number(cfg, "lam_eps"),
-    )
+    folder, run_dir = checkpoint_folder(str(cfg["source"]))
+    notes = []
+    if run_dir is not None:
+        config = read_config(run_dir)
+        settings, notes = settings.for_run(config)
+        for text in notes:
+            note(f"{setting_label(config) or run_dir.name}: {text}")
+    stats = load_stats(folder, langs=langs)
+    with phase(f"identify: {settings.method} on {stats.num_layers} x {stats.num_units} units, "
+               f"{len(stats.langs)} languages"):
+        ident = settings.identify(stats)
     result = {"source": str(cfg["source"]), **ident.summary()}
+    if folder != Path(str(cfg["source"])):
+        result["checkpoint"] = str(folder)
+    if notes:
+        result["notes"] = notes
     if cfg.get("out"):
         result.update(save_outputs(ident, str(cfg["out"])))
     return result

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from ..neurons import Identification, LayerDistribution, layer_distribution
 from .sources import Run
-from .stages import STAGE_NAMES, Stages, find_stages, profile, ranges_label
+from .stages import SIGNIFICANCE, STAGE_NAMES, Stages, find_stages, profile, ranges_label
 from .table import Table
 
 
@@ -55,11 +55,12 @@ def stages_table(runs: Sequence[Run], step: int | str = "last", per_language: bo
             st = stages_of(dist, lang, permutations=PERMUTATIONS if lang is None else 0)
             rows.append([run.label, ckpt.step, lang or "all", *(f"{a}-{b}" if a != b else str(a) for a, b in st.ranges),
                          " ".join("yes" if c else "no" for c in st.consistent), round(st.r2, 3), st.p_value,
+                         {True: "yes", False: "no", None: ""}[st.significant],
                          ranges_label(st.runners_up[0][0], st.num_layers) if st.runners_up else ""])
     columns = ["run", "step", "lang", *(f"stage {i + 1}: {n}" for i, n in enumerate(STAGE_NAMES)),
-               "contrast as expected", "r2", "p", "runner-up"]
+               "contrast as expected", "r2", "p", "significant", "runner-up"]
     return Table("stages", "The four stages (layer ranges)", columns, rows,
                  note="stages 1 and 3: specific + related over-represented; 2 and 4: general over-represented. "
                       "'contrast as expected': each stage's mean score against its neighbours'; r2: variance of the "
                       f"layer scores the fit explains; p: share of {PERMUTATIONS} layer shuffles fitting as well "
-                      "(all neurons only)")
+                      f"(all neurons only); significant: p <= {SIGNIFICANCE} (otherwise the boundaries mean little)")

@@ -33,8 +33,14 @@ def jaccard(a: Identification, b: Identification) -> dict[str, float]:
     return out
 
 
+def set_sizes(ident: Identification) -> dict[str, int]:
+    """Per language: the size of its neuron set (0: the language has no specific or related neuron)."""
+    return {lang: int(mask.sum()) for lang, mask in zip(ident.langs, language_sets(ident))}
+
+
 def overlap_across_checkpoints(runs: Sequence[Run]) -> Table:
-    """Per run, step and language: overlap with the run's first checkpoint and with the previous one."""
+    """Per run, step and language: overlap with the run's first checkpoint and with the previous one, and the
+    size of the language's set at that step."""
     rows = []
     for run in runs:
         ckpts = [c for c in run.checkpoints if c.ident is not None]
@@ -43,11 +49,13 @@ def overlap_across_checkpoints(runs: Sequence[Run]) -> Table:
         first, previous = ckpts[0], ckpts[0]
         for ckpt in ckpts:
             vs_first, vs_prev = jaccard(first.ident, ckpt.ident), jaccard(previous.ident, ckpt.ident)
+            sizes = set_sizes(ckpt.ident)
             for lang in vs_first:
-                rows.append([run.label, ckpt.step, lang, vs_first[lang], vs_prev[lang]])
+                rows.append([run.label, ckpt.step, lang, vs_first[lang], vs_prev[lang], sizes[lang]])
             previous = ckpt
     return Table("overlap_steps", "Overlap of each language's neurons with the first and the previous checkpoint",
-                 ["run", "step", "lang", "vs first", "vs previous"], rows)
+                 ["run", "step", "lang", "vs first", "vs previous", "neurons"], rows,
+                 note="neurons: the size of the language's set at that step; two empty sets overlap 1.0")
 
 
 def overlap_between(items: Sequence[tuple[str, Identification]], name: str = "overlap_pairs",
@@ -61,10 +69,14 @@ def overlap_between(items: Sequence[tuple[str, Identification]], name: str = "ov
         except DataError as exc:
             notes.append(f"{la} vs {lb}: {exc}")
             continue
+        size_a, size_b = set_sizes(a), set_sizes(b)
         for lang, value in values.items():
-            rows.append([la, lb, lang, value])
-        rows.append([la, lb, "mean", sum(values.values()) / len(values)])
-    return Table(name, title, ["a", "b", "lang", "jaccard"], rows), notes
+            rows.append([la, lb, lang, value, size_a[lang], size_b[lang]])
+        rows.append([la, lb, "mean", sum(values.values()) / len(values), sum(size_a[lang] for lang in values),
+                     sum(size_b[lang] for lang in values)])
+    return Table(name, title, ["a", "b", "lang", "jaccard", "neurons a", "neurons b"], rows,
+                 note="neurons a / b: the size of the language's set in each (mean: summed); two empty sets overlap "
+                      "1.0"), notes
 
 
 def overlap_across_runs(runs: Sequence[Run], step: int | str = "last") -> tuple[Table, list[str]]:

@@ -19,6 +19,7 @@ from ..errors import HarnessError
 from ..neurons.storage import atomic_write
 from . import figures as figs
 from . import wandb_io
+from .progress import phase
 from .sections import Section
 from .sources import Run
 
@@ -161,12 +162,15 @@ def finish(sections: Sequence[Section], runs: Sequence[Run], cfg: Mapping[str, A
         title = cfg.get("title") or f"langneurons {name}: " + ", ".join(r.label for r in runs)
         meta = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "sources": ", ".join(r.source for r in runs)}
-        written = write_outputs(sections, out, title, meta)
+        count = sum(len(s.figures) for s in sections)
+        with phase(f"{name}: writing {count} figure{'s' * (count != 1)} and report.html to {out}"):
+            written = write_outputs(sections, out, title, meta)
         result.update(out=str(out), html=written["html"], figures=len(written["figures"]),
                       tables=len(written["tables"]))
         if mode != "off":
-            result["wandb"] = log_to_wandb(mode, sections, runs, written, Path(out),
-                                           {"analysis": name, **dict(cfg)}, title)
+            with phase(f"{name}: logging to W&B (wandb={mode})", chatty=True):
+                result["wandb"] = log_to_wandb(mode, sections, runs, written, Path(out),
+                                               {"analysis": name, **dict(cfg)}, title)
     else:
         for s in sections:
             for item in s.figures:

@@ -7,6 +7,8 @@ Sections are what ``analyze.py`` writes (PNG + CSV + HTML) and logs to W&B; the 
 from __future__ import annotations
 
 import re
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -14,12 +16,13 @@ from ..errors import HarnessError
 from ..neurons import layer_distribution
 from ..prompts import prompt_format
 from . import figures
-from .change import layer_change, shared_by, spontaneous_alignment, stage_change
+from .change import language_layer_change, layer_change, shared_by, spontaneous_alignment, stage_change
 from .counts import counts_over_steps
-from .layers import layer_table, stages_of, stages_table
+from .layers import PERMUTATIONS, layer_table, stages_of, stages_table
 from .overlaps import overlap_across_checkpoints, overlap_across_runs, overlap_between
+from .progress import interactive, say
 from .sources import Checkpoint, Run
-from .stages import STAGE_NAMES
+from .stages import SIGNIFICANCE, STAGE_NAMES
 from .table import Table
 
 
@@ -70,7 +73,7 @@ def guarded(section: Section, what: str, func: Callable[[], Any]) -> Any:
 # ---- the sections ------------------------------------------------------------------------------------------------
 def overview_section(runs: Sequence[Run]) -> Section:
     table = Table.from_records("runs", "Runs", [r.describe() for r in runs])
-    notes = [note for r in runs for c in r.checkpoints for note in c.notes]
+    notes = [f"{r.label}: {note}" for r in runs for note in [*r.notes, *(n for c in r.checkpoints for n in c.notes)]]
     return Section("runs", "Runs", tables=[table], notes=notes, data={"runs": [r.describe() for r in runs]})
 
 
@@ -111,11 +114,15 @@ def stages_section(runs: Sequence[Run], step: int | str = "last", per_language: 
         table, stages = layer_table(ckpt.ident, name=f"layers_{slug(run.label)}",
                                     title=f"{run.label}, step {ckpt.step}: neurons per layer")
         section.tables.append(with_run(table, run.label))
-        section.figures.append(FigureItem(f"stages_{slug(run.label)}", f"{run.label}, step {ckpt.step}: stages "
-                                          f"{stages.label()}", figures.plot_stages(table, stages,
+        section.figures.append(FigureItem(f"stages_{slug(run.label)}", f"{run.label}, step {ckpt.step}: "
+                                          f"{figures.stages_title(stages)}", figures.plot_stages(table, stages,
                                                                                    f"{run.label}, step {ckpt.step}"),
                                           (run.label,)))
         section.data[run.label] = {"step": ckpt.step, **stages.to_dict()}
+        if stages.significant is False:
+            section.notes.append(f"{run.label}, step {ckpt.step}: the stage fit is not significant (p "
+                                 f"{stages.p_value:.2f} > {SIGNIFICANCE}, r2 {stages.r2:.2f}): its boundaries mean "
+                                 "little")
     table = guarded(section, "stages", lambda: stages_table(runs, step, per_language))
     if table is not None:
         section.tables.insert(0, table)
@@ -126,8 +133,9 @@ def change_section(pairs: Sequence[tuple[str, Checkpoint, Checkpoint]]) -> Secti
     """(c) before -> after: per-layer change by type (Fig. 4) with the per-stage sums, and shared-by-N (Fig. 5)."""
     section = Section("change", "Before -> after alignment", intro=(
         "Change of the neurons of each type per layer (stages of the 'before' checkpoint shaded), summed per stage, "
-        "and the number of neurons shared by N languages before and after."))
-    layer_tables, stage_tables, shared_tables = [], [], []
+        "per language and layer (the specific and related neurons each language owns), and the number of neurons "
+        "shared by N languages before and after."))
+    layer_tables, stage_tables, shared_tables, language_tables = [], [], [], []
     for label, before, after in pairs:
         a, b = before.ident, after.ident
         if a is None or b is None:
@@ -139,7 +147,7 @@ def change_section(pairs: Sequence[tuple[str, Checkpoint, Checkpoint]]) -> Secti
             continue
         stages, per_stage = None, None
         if a.num_layers >= 4:
-            stages = stages_of(layer_distribution(a))
+            stages = stages_of(layer_distribution(a), permutations=PERMUTATIONS)
             per_stage = stage_change(a, b, stages)
             stage_tables.append(with_run(per_stage, what))
         layer_tables.append(with_run(change, what))
@@ -147,6 +155,11 @@ def change_section(pairs: Sequence[tuple[str, Checkpoint, Checkpoint]]) -> Secti
         shared_tables.append(with_run(shared, what))
         section.figures.append(FigureItem(f"layer_change_{slug(label)}", f"{what}: change per layer",
                                           figures.plot_layer_change(change, stages, what), (label,)))
+        per_language = language_layer_change(a, b)
+        language_tables.append(with_run(per_language, what))
+        section.figures.append(FigureItem(f"language_layer_change_{slug(label)}", f"{what}: change per language "
+                                          "and layer", figures.plot_language_layer_change(per_language, what),
+                                          (label,)))
         section.figures.append(FigureItem(f"shared_by_{slug(label)}", f"{what}: neurons shared by N languages",
                                           figures.plot_shared_by(shared, what), (label,)))
         section.data[label] = {"before": before.step, "after": after.step,
@@ -156,7 +169,9 @@ def change_section(pairs: Sequence[tuple[str, Checkpoint, Checkpoint]]) -> Secti
                                                    if r["type"] in ("specific+related", "general")]
     section.tables += [t for t in (concat(stage_tables, "stage_change", "Change per stage"),
                                    concat(shared_tables, "shared_by", "Neurons shared by N languages"),
-                                   concat(layer_tables, "layer_change", "Change per layer")) if t.rows]
+                                   concat(layer_tables, "layer_change", "Change per layer"),
+                                   concat(language_tables, "language_layer_change",
+                                          "Change per language and layer")) if t.rows]
     return section
 
 
@@ -238,6 +253,21 @@ def _spontaneous(run: Run, before: int | str, after: int | str) -> tuple[Table, 
     return spontaneous_alignment(run, a, b)
 
 
+@contextmanager
+def quiet_hub_bars():
+    """transformers' own loading bars off while a model loads, unless stderr is a terminal (a log gets lines)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not interactive():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def deactivation_section(runs: Sequence[Run], step: int | str = "last", *, model: str | None = None,
                          adapter: str | None = None, data: dict[str, Any] | None = None, n: int | None = None,
                          modes: Sequence[str] = ("specific", "specific+related", "all"),
@@ -256,9 +286,13 @@ def deactivation_section(runs: Sequence[Run], step: int | str = "last", *, model
             ckpt = run.checkpoint(step)
             if ckpt.ident is None:
                 raise HarnessError(f"step {ckpt.step} has no identification")
-            loaded = load_checkpoint_model(run, ckpt.step, model=model, adapter=adapter)
+            started = time.perf_counter()
+            say(f"deactivation: {run.label}, step {ckpt.step}: loading the model and the problems ...")
+            with quiet_hub_bars():
+                loaded = load_checkpoint_model(run, ckpt.step, model=model, adapter=adapter)
             fmt = prompt_format(run_prompt_template(run), loaded.tokenizer)
             problems = load_probe_problems(run, ckpt.ident.langs, data, n, template=fmt)
+            say(f"deactivation: {run.label}, step {ckpt.step}: loaded in {time.perf_counter() - started:.1f} s")
             result = deactivation_effects(loaded.model, loaded.tokenizer, ckpt.ident, problems, modes=modes,
                                           deactivated=deactivated, accuracy=accuracy, batch_size=batch_size,
                                           max_new_tokens=max_new_tokens, template=fmt, progress=True)

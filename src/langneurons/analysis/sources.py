@@ -19,16 +19,18 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .. import languages, tracking
+from .. import languages
 from ..errors import DataError, HarnessError
 from ..neurons import GeneralRule, Identification, NeuronStats, identify, load_stats
 from ..neurons.dynamics import lang_type_counts
+from ..neurons.identify import METHODS, UnknownMethodError
 from ..neurons.reference import is_reference_folder
+from ..resume import RECORD as RUN_RECORD
 from . import wandb_io
 
 PROBE_RECORD = "probe.json"  # written by analyze.py probe (analysis/probe.py)
@@ -36,9 +38,48 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 _AT_STEP = re.compile(r"^(?P<source>.+)@(?P<step>\d+|first|last)$")
 
 
+# The identification settings: analyze's keys (conf/analyze/_sources.yaml), named as a run's ``neurons.*`` keys.
+IDENTIFY_KEYS = ("method", "top_rate", "lam", "bar", "filter_rate", "general_bar", "general_min_langs", "lam_lo",
+                 "lam_hi", "lam_eps")
+_NUMBERS = {"top_rate": float, "bar": float, "filter_rate": float, "general_bar": float, "general_min_langs": int,
+            "lam_lo": float, "lam_hi": float, "lam_eps": float}
+
+
+def _setting(name: str, value: Any, where: str = "") -> Any:
+    """``value`` of setting ``name`` in its type; a bad one is a one-line error (``where``: whose value it is)."""
+    if name == "method":
+        if str(value) not in METHODS:
+            raise UnknownMethodError(f"{where}unknown identification method {value!r}: choose one of "
+                                     f"{', '.join(METHODS)}")
+        return str(value)
+    if name == "lam":
+        if isinstance(value, str) and value == "auto":
+            return value
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise HarnessError(f"{where}lam must be a number or auto, got {value!r}") from None
+    if value is None:
+        return None
+    kind = _NUMBERS[name]
+    try:
+        if kind is int and float(value) != int(float(value)):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise HarnessError(f"{where}{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}") \
+            from None
+
+
 @dataclass(frozen=True)
 class IdentifySettings:
-    """How to identify neurons in statistics that come without an identification (e.g. the reference's)."""
+    """How to identify neurons in statistics that come without an identification (e.g. the reference's), or in
+    every checkpoint with ``reidentify``.
+
+    On a source with a run config (a run, a probe folder, a checkpoint of a run), the settings not in ``given`` take
+    the run's own ``neurons.*`` values (:meth:`for_run`): ``identify source=<run>/neurons/step-500`` selects what the
+    run selected. ``given`` holds the settings the user set explicitly; None counts those that differ from the
+    defaults (settings made in code)."""
 
     method: str = "ternary"
     top_rate: float = 0.01
@@ -50,31 +91,58 @@ class IdentifySettings:
     lam_lo: float = 0.0
     lam_hi: float = 0.2
     lam_eps: float = 1e-3
+    given: frozenset[str] | None = field(default=None, compare=False)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> "IdentifySettings":
-        """From a subcommand config (the keys of conf/analyze/_sources.yaml); bad values are one-line errors."""
-        values: dict[str, Any] = {}
-        for name, kind in (("top_rate", float), ("bar", float), ("filter_rate", float), ("general_bar", float),
-                           ("general_min_langs", int), ("lam_lo", float), ("lam_hi", float), ("lam_eps", float)):
-            value = cfg.get(name, getattr(cls, name))
-            try:
-                values[name] = None if value is None else kind(value)
-            except (TypeError, ValueError):
-                raise HarnessError(f"{name} must be a number, got {value!r}") from None
-        lam = cfg.get("lam", "auto")
-        if lam != "auto":
-            try:
-                lam = float(lam)
-            except (TypeError, ValueError):
-                raise HarnessError(f"lam must be a number or auto, got {lam!r}") from None
-        return cls(method=str(cfg.get("method", "ternary")), lam=lam, **values)
+        """From a subcommand config (the keys of conf/analyze/_sources.yaml); bad values are one-line errors.
+
+        ``cfg["given"]``, the keys the command line set (``analyze.py`` puts it there), says which settings were
+        given; without it, every setting ``cfg`` holds counts as given."""
+        values = {name: _setting(name, cfg.get(name, getattr(cls, name))) for name in IDENTIFY_KEYS}
+        if cfg.get("given") is None:
+            given = {name for name in IDENTIFY_KEYS if name in cfg}
+        else:
+            given = {str(key).split(".")[0] for key in cfg["given"]} & set(IDENTIFY_KEYS)
+        return cls(**values, given=frozenset(given))
+
+    @property
+    def explicit(self) -> frozenset[str]:
+        """The settings given explicitly (see ``given``)."""
+        if self.given is not None:
+            return self.given
+        return frozenset(name for name in IDENTIFY_KEYS if getattr(self, name) != getattr(IdentifySettings, name))
+
+    def for_run(self, config: Mapping[str, Any] | None) -> tuple["IdentifySettings", list[str]]:
+        """These settings on a source whose run config is ``config``: every setting that was not given takes the
+        run's ``neurons.<setting>`` (where its config has one); a given one that differs from the run's is kept and
+        named in the returned notes, one line each."""
+        neurons = (config or {}).get("neurons") or {}
+        if not isinstance(neurons, Mapping):
+            return self, []
+        changes: dict[str, Any] = {}
+        notes = []
+        for name in IDENTIFY_KEYS:
+            if name not in neurons:
+                continue
+            theirs = _setting(name, neurons[name], "the run's neurons.")
+            mine = getattr(self, name)
+            if name not in self.explicit:
+                changes[name] = theirs
+            elif mine != theirs:
+                notes.append(f"{name}={_show(mine)} differs from the run's neurons.{name} {_show(theirs)}")
+        # the result's own settings were given (here or by the run): nothing left to take from another run
+        return replace(self, **changes, given=frozenset(IDENTIFY_KEYS)), notes
 
     def identify(self, stats: NeuronStats) -> Identification:
         return identify(stats, self.method, top_rate=self.top_rate, lam=self.lam, bar=self.bar,
                         filter_rate=self.filter_rate,
                         general=GeneralRule(bar=self.general_bar, min_langs=self.general_min_langs),
                         lam_range=(self.lam_lo, self.lam_hi), lam_eps=self.lam_eps)
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value)
 
 
 class Checkpoint:
@@ -148,6 +216,7 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict)
     wandb: wandb_io.WandbRef | None = None
     trained: tuple[str, ...] | None = None  # override of the aligned languages
+    notes: list[str] = field(default_factory=list)  # about the run as a whole (e.g. settings that differ from its own)
 
     @property
     def steps(self) -> list[int]:
@@ -203,11 +272,24 @@ class Run:
 
 
 # ---- loading -------------------------------------------------------------------------------------------------------
+def has_config(run_dir: Path) -> bool:
+    """Does ``run_dir`` hold a run config (``.hydra/config.yaml``, or the ``run.json`` a run writes when it starts)?"""
+    return (run_dir / ".hydra" / "config.yaml").is_file() or (run_dir / RUN_RECORD).is_file()
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's composed Hydra config, resolved, as a plain dict ({} when the run has none)."""
+    """The run's composed Hydra config, resolved, as a plain dict: ``.hydra/config.yaml``, else the config saved in
+    ``run.json`` ({} when the run has neither)."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
-        return {}
+        record = run_dir / RUN_RECORD
+        if not record.is_file():
+            return {}
+        try:
+            config = json.loads(record.read_text(encoding="utf-8")).get("config")
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise DataError(f"{str(record)!r} cannot be read ({exc}); fix or remove it") from None
+        return dict(config) if isinstance(config, Mapping) else {}
     from omegaconf import OmegaConf
 
     try:
@@ -249,8 +331,13 @@ def _default_cache() -> Path:
 
 
 def load_run(spec: str | os.PathLike, settings: IdentifySettings | None = None, *, label: str | None = None,
-             reidentify: bool = False, cache: str | os.PathLike | None = None) -> Run:
-    """Load one source (see the module docstring) as a :class:`Run`."""
+             reidentify: bool = False, cache: str | os.PathLike | None = None, announce: bool = True) -> Run:
+    """Load one source (see the module docstring) as a :class:`Run`.
+
+    ``settings`` identify the statistics that come without an identification (every checkpoint with
+    ``reidentify``); on a source with a run config, the settings not given explicitly are the run's own
+    (:meth:`IdentifySettings.for_run`). A given setting that differs from the run's, or that no checkpoint uses
+    (they keep their saved identifications), is a note in ``run.notes``, said on stderr (``announce``)."""
     settings = settings or IdentifySettings()
     spec = str(spec)
     source, at = split_step(spec)
@@ -288,7 +375,7 @@ def load_run(spec: str | os.PathLike, settings: IdentifySettings | None = None, 
             kind = "stats" if NeuronStats.is_saved(path) else "reference"
             ckpt = Checkpoint(int(step or 0), path, record, settings=settings, reidentify=reidentify, stats=loaded)
             run = Run(label or "", spec, kind, [ckpt], path)
-        elif (path / ".hydra").is_dir():
+        elif (path / ".hydra").is_dir() or (path / RUN_RECORD).is_file():
             raise DataError(f"{source!r} is a run without neuron checkpoints (no neurons/step-<N>/): it ran with "
                             "neurons=off or stopped before step 0")
         else:
@@ -300,32 +387,119 @@ def load_run(spec: str | os.PathLike, settings: IdentifySettings | None = None, 
         run.checkpoints = [run.checkpoint(at)]
     if not run.label:
         run.label = default_label(run)
+    _settle_settings(run, settings, reidentify)
+    if announce:
+        announce_notes(run)
     return run
 
 
+def _settle_settings(run: Run, settings: IdentifySettings, reidentify: bool) -> None:
+    """Give the run's checkpoints the run's own settings where the user gave none; note what differs or is unused."""
+    mine, differences = settings.for_run(run.config) if run.config else (settings, [])
+    for ckpt in run.checkpoints:
+        ckpt.settings = mine
+    used = reidentify or any(c.path is None or not Identification.is_saved(c.path) for c in run.checkpoints)
+    if used:
+        run.notes += differences
+    elif settings.explicit:
+        given = ", ".join(f"{name}={_show(getattr(settings, name))}" for name in IDENTIFY_KEYS
+                          if name in settings.explicit)
+        run.notes.append(f"{given} not used: the checkpoints keep the identification they saved (reidentify=true "
+                         "identifies them again)")
+
+
+def announce_notes(run: Run) -> None:
+    """The run's notes on stderr, one line each."""
+    from .progress import note
+
+    for text in run.notes:
+        note(f"{run.label}: {text}")
+
+
+def setting_label(config: Mapping[str, Any]) -> str:
+    """What a run is, from its config: model, alignment method, aligned languages and data, e.g.
+    ``tiny mapo sw synthetic`` (``all``: the paper's ten languages); empty when the config says none of them."""
+    def part(group: str, key: str) -> str:
+        node = config.get(group)
+        return str(node.get(key) or "") if isinstance(node, Mapping) else ""
+
+    name = part("model", "preset") or Path(part("model", "name_or_path")).name
+    method = part("alignment", "method")
+    langs = ""
+    if config.get("lang") is not None:
+        try:
+            codes = languages.resolve(config["lang"])
+            langs = "all" if set(codes) == set(languages.PAPER_LANGS) else "+".join(codes)
+        except HarnessError:
+            langs = str(config["lang"])
+    return " ".join(p for p in (name, method, langs, part("data", "source")) if p)
+
+
 def default_label(run: Run) -> str:
-    """``<model>-<method>-<langs>`` from the run's config (as W&B names it), a probe's own label (``<model> base``),
-    else the folder name."""
-    cfg = run.config
+    """The run's setting from its config (:func:`setting_label`: ``tiny mapo sw synthetic``), a probe's own label
+    (``<model> base``), else the folder name."""
     if run.kind == "probe" and run.path is not None:
         try:
             return str(json.loads((run.path / PROBE_RECORD).read_text())["label"])
         except (OSError, json.JSONDecodeError, KeyError):
             return run.path.name
-    try:
-        return tracking.run_identity(cfg["model"]["preset"], cfg["alignment"]["method"],
-                                     languages.resolve(cfg["lang"]))["name"]
-    except (KeyError, TypeError, HarnessError):
-        pass
+    label = setting_label(run.config) if run.config else ""
+    if label:
+        return label
     if run.path is not None:
         return run.path.name
     return run.wandb.run_id if run.wandb else run.source
 
 
+# config keys that say where a run lived or logged, not what it did: never what tells two runs apart
+_WHERE = ("hydra", "logger", "resume", "cache_dir", "path", "dir", "output_dir", "start_stats")
+
+
+def _leaves(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_leaves(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def distinguishing(configs: Sequence[Mapping[str, Any]], limit: int = 2) -> list[str]:
+    """Up to ``limit`` config keys (dotted) whose values differ between ``configs``, in config order, leaving out the
+    keys that say where a run lived (folders, caches, the logger)."""
+    flat = [_leaves(c) for c in configs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    differ = [k for k in keys if not any(part in _WHERE for part in k.split("."))
+              and len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+    return differ[:limit]
+
+
+def unique_labels(runs: Sequence[Run]) -> None:
+    """Make the runs' labels unique: runs that share a label get the config values that tell them apart
+    (``tiny mapo sw synthetic seed=1``), else their folder names, else ``#<n>``."""
+    for label in {r.label for r in runs}:
+        same = [r for r in runs if r.label == label]
+        if len(same) < 2:
+            continue
+        keys = distinguishing([r.config for r in same]) if all(r.config for r in same) else []
+        if keys:
+            for run in same:
+                leaves = _leaves(run.config)
+                run.label = label + " " + " ".join(f"{k}={_show(leaves.get(k))}" for k in keys)
+        elif all(r.path is not None for r in same) and len({r.path.name for r in same}) == len(same):
+            for run in same:
+                run.label = f"{label} ({run.path.name})"
+    if len({r.label for r in runs}) != len(runs):
+        for i, run in enumerate(runs):
+            run.label = f"{run.label} #{i + 1}"
+
+
 def load_runs(specs: Sequence[str] | str, settings: IdentifySettings | None = None, *,
               labels: Sequence[str] | None = None, reidentify: bool = False,
               cache: str | os.PathLike | None = None, trained: Sequence[str] | None = None) -> list[Run]:
-    """Load several sources; labels are made unique (a repeated label gets its folder name appended)."""
+    """Load several sources; labels are made unique (:func:`unique_labels`)."""
     if isinstance(specs, str):
         specs = [specs]
     specs = list(specs or [])
@@ -334,15 +508,11 @@ def load_runs(specs: Sequence[str] | str, settings: IdentifySettings | None = No
     if labels is not None and len(labels) != len(specs):
         raise HarnessError(f"labels has {len(labels)} names for {len(specs)} runs: give one per run")
     runs = [load_run(spec, settings, label=None if labels is None else str(labels[i]), reidentify=reidentify,
-                     cache=cache) for i, spec in enumerate(specs)]
+                     cache=cache, announce=False) for i, spec in enumerate(specs)]
     if trained is not None:
         for run in runs:
             run.trained = languages.resolve(trained)
-    names = [r.label for r in runs]
+    unique_labels(runs)
     for run in runs:
-        if names.count(run.label) > 1 and run.path is not None:
-            run.label = f"{run.label} ({run.path.name})"
-    if len({r.label for r in runs}) != len(runs):
-        for i, run in enumerate(runs):
-            run.label = f"{run.label} #{i + 1}"
+        announce_notes(run)
     return runs

@@ -37,6 +37,7 @@ from ..errors import DataError
 
 STAGE_NAMES = ("understanding", "reasoning", "output transformation", "vocabulary output")
 STAGE_SIGNS = (1, -1, 1, -1)  # +1: language (specific + related) neurons high, -1: general neurons high
+SIGNIFICANCE = 0.05  # a fit is significant when its p-value (layer shuffles fitting as well) is at most this
 
 
 def ranges_label(boundaries: Sequence[int], num_layers: int) -> str:
@@ -83,6 +84,19 @@ class Stages:
     def label(self) -> str:
         return ranges_label(self.boundaries, self.num_layers)
 
+    @property
+    def significant(self) -> bool | None:
+        """Does the fit stand out from shuffled layers (``p_value <= SIGNIFICANCE``)? None without a p-value."""
+        return None if self.p_value is None else bool(self.p_value <= SIGNIFICANCE)
+
+    def verdict(self) -> str:
+        """``p 0.02, r2 0.83`` or ``not significant: p 0.64, r2 0.18`` (``r2 0.83`` without a p-value)."""
+        fit = f"r2 {self.r2:.2f}"
+        if self.p_value is None:
+            return fit
+        p = f"p {self.p_value:.2f}, {fit}"
+        return p if self.significant else f"not significant: {p}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "stages": self.label(),
@@ -93,6 +107,8 @@ class Stages:
             "objective": self.objective,
             "r2": self.r2,
             "p_value": self.p_value,
+            "significant": self.significant,
+            "p_threshold": SIGNIFICANCE,
             "runners_up": [{"stages": ranges_label(b, self.num_layers), "objective": f} for b, f in self.runners_up],
         }
 
