@@ -56,16 +56,27 @@ def _check_resume(argv: list[str]) -> None:
 
 
 def _check_overrides(argv: list[str]) -> None:
-    """Before Hydra starts a run: a mistyped key, an unknown group option or an ambiguous value is one line that
-    names it and says what to write instead (Hydra's own message spans several lines and suggests ``+key=``, which
-    would add a key the harness never reads). Flags (``--cfg``, ``-m``, ``--help``) are left to Hydra."""
+    """Before Hydra starts a run (and creates its folder): a mistyped key, an unknown group option or an ambiguous
+    value is one line that names it and says what to write instead (Hydra's own message spans several lines and
+    suggests ``+key=``, which would add a key the harness never reads); so is every bad value the settings layer
+    finds (types, ranges, choices, languages, paths, combinations). Flags (``--cfg``, ``-m``, ``--help``) are left to
+    Hydra; a multirun's jobs check their settings as they start."""
     if any(arg.startswith("-") for arg in argv):
         return
+    from omegaconf import OmegaConf
+
     from langneurons.errors import HarnessError
     from langneurons.overrides import compose_training
+    from langneurons.settings import RunSettings
 
     try:
-        compose_training(Path(__file__).resolve().parent / "conf", argv)
+        cfg = compose_training(Path(__file__).resolve().parent / "conf", argv)
+        composed = OmegaConf.to_container(cfg, resolve=True)
+        RunSettings.from_config(composed)
+        if composed.get("resume"):  # overrides that differ from the run's own stop before Hydra writes into its folder
+            from langneurons.resume import resumed_config
+
+            resumed_config(composed, Path(composed["resume"]), argv)
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

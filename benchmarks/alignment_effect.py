@@ -44,8 +44,11 @@ def run_one(base: int, seed: int, overrides: list[str], out: Path) -> dict:
         sys.exit(f"base {base} seed {seed} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     steps = sorted((run_dir / "neurons").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     first, last = (json.loads((s / "checkpoint.json").read_text()) for s in (steps[0], steps[-1]))
-    config = json.loads((run_dir / "run.json").read_text())["config"]
-    return {"base": base, "seed": seed, "seconds": seconds, "first": first, "last": last, "lang": config["lang"],
+    from langneurons.settings import RunSettings
+
+    # the run's saved config, read as the run read it: the aligned languages as codes (lang=all, [zh,de], zh,de)
+    settings = RunSettings.from_config(json.loads((run_dir / "run.json").read_text())["config"])
+    return {"base": base, "seed": seed, "seconds": seconds, "first": first, "last": last, "lang": list(settings.lang),
             "printout": proc.stdout}
 
 

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_real_models import config  # noqa: E402
+from bench_real_models import config, dpo_alignment  # noqa: E402
 
 
 def main() -> None:
@@ -63,9 +63,9 @@ def main() -> None:
     from langneurons.prompts import needs_tokenizer, prompt_format
     from langneurons.tracking import CheckpointLogger
 
-    data = ({"source": "mgsm", "path": args.data} if Path(args.data).is_dir()
-            else {"source": "synthetic", "offset": 100000})
-    cfg = config(args.preset, f"data.n={args.n}")
+    mgsm = ["data=mgsm", f"data.path={args.data}"] if Path(args.data).is_dir() else []  # else: generated problems
+    cfg = config(args.preset, *mgsm, f"data.n={args.n}")
+    data = cfg["data"]
     started = time.perf_counter()
     loaded = load_model(cfg["model"], seed=0)
     print(f"{args.preset} ({loaded.model_id}) loaded in {time.perf_counter() - started:.1f} s; {args.threads} "
@@ -73,7 +73,7 @@ def main() -> None:
           f"{cfg['eval']['max_new_tokens']}, batch {cfg['eval']['batch_size']}")
     name = cfg["model"]["prompt_template"]
     fmt = prompt_format(name, loaded.tokenizer)
-    problems = load_problems({**data, "n": args.n}, PAPER_LANGS, "plain" if needs_tokenizer(name) else fmt)
+    problems = load_problems(data, PAPER_LANGS, "plain" if needs_tokenizer(name) else fmt)
     if needs_tokenizer(name):
         problems = with_prompts(problems, fmt)
     model = loaded.model.eval()
@@ -143,8 +143,7 @@ def main() -> None:
     if args.train_steps > 0:
         from langneurons.alignment import build_trainer, training_set
 
-        alignment = {**cfg["alignment"], "method": "dpo", "pairs": None,
-                     "questions": {"source": "synthetic", "n": 16, "offset": 0, "seed": 0}}
+        alignment = dpo_alignment(cfg, 16)
         pairs = training_set(alignment, ["sw"], fmt, 0)
         trainer_cfg = {**cfg["trainer"], "max_steps": args.train_steps, "save_steps": 0, "logging_steps": 1}
         step_times: list[float] = []

@@ -22,11 +22,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from langneurons import callbacks, evaluation, tracking  # noqa: E402
 from langneurons.experiment import run_experiment  # noqa: E402
+from langneurons.overrides import compose_training  # noqa: E402
+from langneurons.settings import NeuronSettings, RunSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES: dict[str, list[float]] = defaultdict(list)
@@ -47,8 +48,7 @@ def timed(owner, name: str, phase: str) -> None:
 
 
 def config(overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+    return OmegaConf.to_container(compose_training(REPO / "conf", overrides), resolve=True)
 
 
 def run(overrides: list[str], folder: Path) -> float:
@@ -66,11 +66,11 @@ def main(overrides: list[str]) -> None:
     timed(evaluation, "generate", "answer the evaluation questions (generate)")
     timed(callbacks.NeuronCheckpointer, "_accuracy", "accuracy + answer language")
     timed(callbacks, "collect_stats", "count activations (probe forwards)")
-    timed(callbacks, "identify", "identify neuron types")
+    timed(NeuronSettings, "identify", "identify neuron types")  # a checkpoint identifies with its neuron settings
     timed(callbacks.NeuronCheckpointer, "_save", "save neurons/step-N")
     timed(callbacks.NeuronCheckpointer, "take", "checkpoint total (without W&B)")
     timed(tracking.CheckpointLogger, "__call__", "W&B: metrics, tables, figure, artifact")
-    pairs, built = config(overrides)["alignment"].get("cache_dir"), []
+    pairs, built = getattr(RunSettings.from_config(config(overrides)).alignment, "cache_dir", None), []  # MAPO's
     with tempfile.TemporaryDirectory() as tmp:
         before = cached_pair_sets(pairs)
         off = run([*overrides, "neurons=off"], Path(tmp) / "off")

@@ -39,12 +39,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def config(preset: str, *overrides: str) -> dict:
-    from hydra import compose, initialize_config_dir
+    """The composed config of ``model=<preset>`` with ``overrides``, checked by the settings layer as train.py
+    checks it (a plain dict: every block is complete, and the modules take it)."""
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=[f"model={preset}", *overrides]),
-                                      resolve=True)
+    from langneurons.overrides import compose_training
+    from langneurons.settings import RunSettings
+
+    cfg = OmegaConf.to_container(compose_training(REPO / "conf", [f"model={preset}", *overrides]), resolve=True)
+    RunSettings.from_config(cfg)
+    return cfg
+
+
+def dpo_alignment(cfg: dict, n: int = 16):
+    """The preset's preference settings (beta, loss) as plain DPO on ``n`` generated questions per language."""
+    from langneurons.settings import DpoSettings, ProblemSettings
+
+    preference = {k: v for k, v in cfg["alignment"].items() if k in DpoSettings.model_fields}
+    return DpoSettings.of({**preference, "method": "dpo", "pairs": None,
+                           "questions": ProblemSettings(source="synthetic", path=None, n=n, offset=0, seed=0)},
+                          "alignment.")
 
 
 def setup(preset: str, n: int, batch_size: int):
@@ -57,7 +71,9 @@ def setup(preset: str, n: int, batch_size: int):
     loaded = load_model(cfg["model"], seed=0)
     fmt = prompt_format(cfg["model"]["prompt_template"], loaded.tokenizer)
     langs = ["en", "zh", "sw", "th"]
-    problems = load_problems({"source": "synthetic", "n": n, "offset": 100000}, langs, fmt)
+    from langneurons.settings import ProblemSettings
+
+    problems = load_problems(ProblemSettings(source="synthetic", path=None, n=n, offset=100000, seed=0), langs, fmt)
     examples = [(r["prompt"], fmt.sep + r["response"], lang) for lang in langs for r in problems[lang]]
     batches = make_batches(loaded.tokenizer, examples, langs, batch_size=batch_size)
     return cfg, loaded, langs, batches
@@ -147,8 +163,7 @@ def memory_dpo(args) -> dict:
 
     cfg, loaded, _, _ = setup(args.preset, 1, 1)
     fmt = prompt_format(cfg["model"]["prompt_template"], loaded.tokenizer)
-    alignment = {**cfg["alignment"], "method": "dpo", "pairs": None,
-                 "questions": {"source": "synthetic", "n": 16, "offset": 0, "seed": 0}}
+    alignment = dpo_alignment(cfg, 16)
     data = training_set(alignment, ["sw"], fmt, 0)
     trainer_cfg = {**cfg["trainer"], "max_steps": args.steps, "save_steps": 0, "logging_steps": 1}
     loaded_rss = start_peak()

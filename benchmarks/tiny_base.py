@@ -39,37 +39,37 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from langneurons.base import cache_key, tiny_base
     from langneurons.callbacks import NeuronCheckpointer
     from langneurons.data import load_problems
-    from langneurons.languages import resolve
     from langneurons.neurons.dynamics import language_sets
+    from langneurons.overrides import compose_training
+    from langneurons.settings import RunSettings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "model.pretrain.enabled=true", f"data.n={args.n}", f"neurons.probe={args.probe}", *args.overrides])
-    cfg = OmegaConf.to_container(cfg, resolve=True)
-    model_cfg = cfg["model"]
+    cfg = OmegaConf.to_container(compose_training(ROOT / "conf", [
+        "model.pretrain.enabled=true", f"data.n={args.n}", f"neurons.probe={args.probe}", *args.overrides]),
+        resolve=True)
     tmp = None
     if args.fresh:
         tmp = tempfile.TemporaryDirectory(prefix="tiny-base-")
-        model_cfg["pretrain"]["cache_dir"] = tmp.name
+        cfg["model"]["pretrain"]["cache_dir"] = tmp.name
+    settings = RunSettings.from_config(cfg)  # every value checked, as train.py does
+    model_cfg = settings.model
     wall, cpu = time.perf_counter(), cpu_seconds()
     loaded = tiny_base(model_cfg)
     build = {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu_seconds() - cpu, 1),
              "fresh": args.fresh, "key": cache_key(model_cfg),
-             "threads": model_cfg["pretrain"].get("threads") or torch.get_num_threads(),
+             "threads": model_cfg.pretrain.threads or torch.get_num_threads(),
              "params": loaded.model.num_parameters()}
 
-    langs = resolve(cfg["probe_langs"])
-    problems = load_problems(cfg["data"], langs, model_cfg["prompt_template"])
+    langs = settings.probe_langs
+    problems = load_problems(settings.data, langs, model_cfg.prompt_template)
     with tempfile.TemporaryDirectory(prefix="tiny-base-neurons-") as out:
         checkpointer = NeuronCheckpointer(tokenizer=loaded.tokenizer, problems=problems, probe_langs=langs,
-                                          eval_langs=langs, neurons=cfg["neurons"], eval_cfg=cfg["eval"],
+                                          eval_langs=langs, neurons=settings.neurons, eval_cfg=settings.eval,
                                           out_dir=Path(out), model_id=loaded.model_id)
         wall = time.perf_counter()
         ckpt = checkpointer.take(loaded.model, step=0)

@@ -31,10 +31,41 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def run_train(*overrides: str, timeout: int = 600, threads: int | None = None) -> subprocess.CompletedProcess:
+def composed(*overrides: str) -> dict:
+    """conf/config.yaml with ``overrides`` applied, resolved into plain values (the hydra node left out), as
+    ``train.py`` composes it."""
+    from omegaconf import OmegaConf
+
+    from langneurons.overrides import compose_training
+
+    return OmegaConf.to_container(compose_training(ROOT / "conf", overrides), resolve=True)
+
+
+def settings(*overrides: str):
+    """The :class:`RunSettings` of conf/config.yaml with ``overrides``: complete settings for a module under test,
+    e.g. ``settings("data.n=4").data``."""
+    from langneurons.settings import RunSettings
+
+    return RunSettings.from_config(composed(*overrides))
+
+
+def problem_settings(source: str = "synthetic", **fields):
+    """The :class:`ProblemSettings` of ``conf/data/<source>.yaml`` with ``fields`` replaced (e.g. ``n=4,
+    offset=0``): a complete problem set from the YAML, without composing the whole config."""
+    from omegaconf import OmegaConf
+
+    from langneurons.settings import ProblemSettings
+
+    spec = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / f"{source}.yaml"), resolve=True)
+    return ProblemSettings.of({**spec, **fields})
+
+
+def run_train(*overrides: str, timeout: int = 600, threads: int | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python train.py <overrides>`` from the project root, as a user would. ``threads``: torch threads of
-    that run (default one, as every test process; a real model's run alone on the machine takes two)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    that run (default one, as every test process; a real model's run alone on the machine takes two); ``env``:
+    variables set for that run (e.g. ``LANGNEURONS_CACHE``, ``LANGNEURONS_FAULT``)."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}), **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env)
 

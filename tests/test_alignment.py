@@ -81,7 +81,7 @@ def test_mapo_with_the_tiny_translation_scorer_trains_offline(tmp_path):
 
 @pytest.mark.parametrize("override, phrase", [
     ("scorer=nllb", "scorer model 'facebook/nllb-200-distilled-600M' could not be loaded"),
-    ("scorer.kind=bleu", "unknown scorer kind 'bleu'"),
+    ("scorer.kind=bleu", "scorer.kind=bleu: unknown choice; use one of translation, numbers, correctness"),
 ])
 def test_bad_mapo_input_is_one_line_and_leaves_no_wandb_run(tmp_path, override, phrase):
     out = run_train(f"hydra.run.dir={tmp_path}", "alignment=mapo", override, "alignment.cache_dir=null")

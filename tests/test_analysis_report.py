@@ -357,7 +357,7 @@ def test_input_problems_are_one_line_errors(runs, tmp_path, capsys):
         (["stages", f"runs=[{runs['sw']}]", "step=7"], "no neuron checkpoint at step 7"),
         (["spontaneous", f"runs=[{runs['sw']}]", "after=9"], "no neuron checkpoint at step 9"),
         (["compare", f"before={runs['sw']}", "after=/"], "not a run dir"),
-        (["stages", f"runs=[{runs['sw']}]", "lam=much"], "lam must be a number or auto"),
+        (["stages", f"runs=[{runs['sw']}]", "lam=much"], "lam=much: must be a number; a number >= 0 or auto"),
     ]
     for args, message in cases:
         assert main(args, conf_dir=ROOT / "conf" / "analyze") == 2, args

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from langneurons.analysis import progress
-from langneurons.analysis.cli import compose, main
+from langneurons.analysis.cli import compose, main, parse
 from langneurons.analysis.sources import IdentifySettings, load_run, load_runs, setting_label, unique_labels
 from langneurons.neurons import NeuronStats, identify
 
@@ -51,7 +51,7 @@ def make_run(folder, config=CONFIG, record="hydra", steps=(0, 8), saved=False):
 
 def settings(*overrides: str) -> IdentifySettings:
     """The settings analyze.py composes from these command-line overrides."""
-    return IdentifySettings.from_cfg(compose(CONF, "stages", ["runs=[x]", *overrides]))
+    return parse("stages", compose(CONF, "stages", ["runs=[x]", *overrides])).identify_settings()
 
 
 def run_cli(capsys, *args):

@@ -9,6 +9,10 @@ from langneurons.errors import HarnessError
 from langneurons.languages import PAPER_LANGS
 from langneurons.prompts import format_response
 
+from conftest import problem_settings, settings
+
+RUN = settings("neurons.probe=gold")  # complete neuron and eval settings, from the YAML
+
 
 @pytest.mark.parametrize("lang", PAPER_LANGS)
 def test_each_language_answer_sentence_is_recognised_as_its_language(lang):
@@ -24,10 +28,10 @@ def test_a_bare_number_is_in_no_language():
 
 def checkpointer(mode: str) -> NeuronCheckpointer:
     langs = ["en", "sw"]
-    problems = load_problems({"source": "synthetic", "n": 2, "offset": 100000}, langs, "mathoctopus")
+    problems = load_problems(problem_settings(n=2, offset=100000, seed=0), langs, "mathoctopus")
     return NeuronCheckpointer(tokenizer=None, problems=problems, probe_langs=langs, eval_langs=langs,
-                              neurons={"probe": "gold"}, eval_cfg={"answer_lang": mode}, out_dir="unused",
-                              model_id="none")
+                              neurons=RUN.neurons, eval_cfg={**RUN.eval.dump(), "answer_lang": mode},
+                              out_dir="unused", model_id="none")
 
 
 def test_require_counts_a_right_number_in_the_wrong_language_as_wrong():
@@ -46,5 +50,8 @@ def test_require_counts_a_right_number_in_the_wrong_language_as_wrong():
 
 
 def test_an_unknown_mode_is_named():
-    with pytest.raises(HarnessError, match="eval.answer_lang=<off|report|require>"):
+    # the settings layer's one line, before any checkpoint is taken
+    with pytest.raises(HarnessError, match=r"^eval\.answer_lang=strict: unknown choice; use one of off, report, "
+                                           r"require") as err:
         checkpointer("strict")._accuracy({"en": ["1", "2"], "sw": ["1", "2"]})
+    assert "\n" not in str(err.value)

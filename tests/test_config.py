@@ -5,6 +5,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from langneurons.settings import RunSettings
+
 from conftest import ROOT, run_train
 
 CONF = ROOT / "conf"
@@ -23,7 +25,10 @@ def composed(*overrides: str):
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_resolves(group, option):
     cfg = composed(f"{group}={option}")
-    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    plain = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    # ... and the settings layer finds every key it needs, each with a valid value: the YAML holds the defaults
+    settings = RunSettings.from_config(plain)
+    assert getattr(settings, group) is not None
 
 
 def test_model_presets():

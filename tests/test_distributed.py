@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, inspect_records, inspect_summary, offline_runs
+from conftest import ROOT, inspect_records, inspect_summary, offline_runs, problem_settings, settings
 from langneurons import callbacks, evaluation
 from langneurons.callbacks import NeuronCheckpointer
 from langneurons.data import load_problems
@@ -61,14 +61,14 @@ def tiny():
     arch = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
             "num_key_value_heads": 1}
     model = build_tiny_model(arch, tokenizer, seed=0).eval()
-    problems = load_problems({"source": "synthetic", "n": 5, "offset": 100000, "seed": 0}, LANGS, "mathoctopus")
-    return model, tokenizer, problems
+    problems = load_problems(problem_settings(n=5, offset=100000, seed=0), LANGS, "mathoctopus")
+    return model, tokenizer, problems, settings()  # and complete neuron and eval settings from the YAML
 
 
 def take_as(monkeypatch, tiny, tmp_path, rank: int, world: int, probe: str, n: int | None):
     """Take a checkpoint as rank ``rank`` of ``world`` would, without the cross-rank sums: that rank's own counts,
     and how many generate calls and probe batches it ran."""
-    model, tokenizer, problems = tiny
+    model, tokenizer, problems, run = tiny
     calls = []
     real_generate = evaluation.generate
 
@@ -80,10 +80,12 @@ def take_as(monkeypatch, tiny, tmp_path, rank: int, world: int, probe: str, n: i
     monkeypatch.setattr(callbacks, "distributed_world", lambda: world)
     monkeypatch.setattr(callbacks, "_rank", lambda: rank)
     monkeypatch.setattr(callbacks, "all_reduce_sum", lambda tensors: tensors)
-    neurons = {"probe": probe, "n": n, "batch_size": 4, "max_length": 512, "top_rate": 0.05, "bar": 0.95}
+    neurons = {**run.neurons.dump(), "probe": probe, "n": n, "batch_size": 4, "max_length": 512, "top_rate": 0.05,
+               "bar": 0.95, "merge_adapters": False}
+    eval_cfg = {**run.eval.dump(), "max_new_tokens": 4, "batch_size": 2, "samples": 1, "answer_lang": "off"}
     ckpt = NeuronCheckpointer(tokenizer=tokenizer, problems=problems, probe_langs=LANGS, eval_langs=LANGS,
-                              neurons=neurons, eval_cfg={"max_new_tokens": 4, "batch_size": 2, "samples": 1},
-                              out_dir=tmp_path / f"{probe}-{n}-{rank}-of-{world}", model_id="tiny")
+                              neurons=neurons, eval_cfg=eval_cfg, out_dir=tmp_path / f"{probe}-{n}-{rank}-of-{world}",
+                              model_id="tiny")
     taken = ckpt.take(model, 0)
     monkeypatch.undo()
     return taken.stats, calls

@@ -108,9 +108,9 @@ def test_a_train_py_job_that_fails_shows_its_error_line_and_log(tmp_path):
     job = next(p.name for p in (tmp_path / ".submitit").iterdir() if p.name != "%j")
     line = next(line for line in out.stdout.splitlines() if "#0: failed after" in line)
     assert line.split("[HYDRA] ", 1)[1].split(": ", 2)[2] == (
-        f"error: unknown language code 'xx': supported codes are en, zh, ru, de, fr, es, ja, sw, th, bn, te (or 'all' "
+        f"error: lang=xx: unknown language code 'xx': supported codes are en, zh, ru, de, fr, es, ja, sw, th, bn, te (or 'all' "
         f"for the paper's ten)   full log: {tmp_path}/.submitit/{job}/{job}_0_log.err")
-    assert "Traceback" not in out.stderr and "#0 failed: error: unknown language code 'xx'" in out.stderr
+    assert "Traceback" not in out.stderr and "#0 failed: error: lang=xx: unknown language code 'xx'" in out.stderr
 
 
 @pytest.mark.slow

@@ -11,15 +11,25 @@ from langneurons.data.mapo import build_pairs, mapo_pairs, split_ids
 from langneurons.errors import HarnessError, ModelLoadError
 from langneurons.experiment import load_model
 from langneurons.scoring import (CorrectnessScorer, NumbersScorer, TranslationScorer, build_scorer, build_tiny_scorer,
-                                 check_scorer_cfg, is_correct, scorer_identity)
+                                 is_correct, scorer_identity)
+from langneurons.settings import ModelSettings, scorer_settings
 
-TINY_MODEL = {"prompt_template": "mathoctopus", "vocab_size": 400,
-              "arch": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "num_key_value_heads": 1, "max_position_embeddings": 512, "tie_word_embeddings": True}}
-TINY_SCORER = {"kind": "translation", "name_or_path": None, "vocab_size": 400, "corpus_size": 30, "seed": 0,
-               "arch": {"d_model": 16, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32}, "batch_size": 64,
-               "max_length": 64}
-MAPO = {"method": "mapo", "questions": {"source": "synthetic", "n": 6, "offset": 0, "seed": 0}, "k": 2,
+from conftest import problem_settings, settings
+
+# Complete settings from the YAML (model=tiny, scorer=tiny, alignment=mapo), made smaller for these tests.
+_BASE = settings("scorer=tiny", "alignment=mapo")
+# a tiny model with random weights and its own small tokenizer (no pretrained base)
+TINY_MODEL = ModelSettings.of({
+    **_BASE.model.dump(), "prompt_template": "mathoctopus", "vocab_size": 400, "split_digits": False,
+    "pretrain": None,
+    "arch": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "max_position_embeddings": 512, "tie_word_embeddings": True}}).dump()
+TINY_SCORER = scorer_settings({
+    **_BASE.scorer.dump(), "name_or_path": None, "vocab_size": 400, "corpus_size": 30, "seed": 0,
+    "arch": {"d_model": 16, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32}, "batch_size": 64,
+    "max_length": 64}).dump()
+NLLB = settings("scorer=nllb").scorer.dump()
+MAPO = {**_BASE.alignment.dump(), "questions": problem_settings(n=6, offset=0, seed=0).dump(), "k": 2,
         "temperature": 0.8, "top_p": 1.0, "max_new_tokens": 12, "sample_batch_size": 8, "sampler": "hf",
         "include_gold": True, "eval_fraction": 0.0}
 
@@ -82,7 +92,7 @@ class PlantedScorer:
 
 
 def test_planted_sampling_scoring_and_pairing_give_the_known_pairs():
-    problems = load_problems({"source": "synthetic", "n": 10}, ["en", "sw", "zh"], "mathoctopus")
+    problems = load_problems(problem_settings(n=10, offset=0, seed=0), ["en", "sw", "zh"], "mathoctopus")
     sampler, scorer = PlantedSampler(problems), PlantedScorer()
     built = build_pairs(problems, sampler, scorer, k=3, include_gold=True, eval_fraction=0.2, seed=0)
     assert sampler.calls == 1
@@ -112,7 +122,7 @@ def test_planted_sampling_scoring_and_pairing_give_the_known_pairs():
 
 
 def test_without_gold_a_question_with_no_correct_sample_gives_no_pair():
-    problems = load_problems({"source": "synthetic", "n": 4}, ["en", "sw"], "mathoctopus")
+    problems = load_problems(problem_settings(n=4, offset=0, seed=0), ["en", "sw"], "mathoctopus")
     sampler = PlantedSampler(problems)
     for row in problems["sw"]:
         sampler.by_prompt[row["prompt"]] = ["sw bad 1000001", "sw ok 1000002"]  # never the gold number
@@ -122,7 +132,7 @@ def test_without_gold_a_question_with_no_correct_sample_gives_no_pair():
 
 
 def test_correctness_scorer_pairs_correct_over_wrong_and_samples_no_english():
-    problems = load_problems({"source": "synthetic", "n": 3}, ["en", "de"], "mathoctopus")
+    problems = load_problems(problem_settings(n=3, offset=0, seed=0), ["en", "de"], "mathoctopus")
     sampler = PlantedSampler(problems)
     built = build_pairs(problems, sampler, CorrectnessScorer(), k=3, include_gold=False)
     assert len(built.train) == 3 and "en" not in built.stats["correct_fraction"]
@@ -146,7 +156,9 @@ def test_numbers_scorer_ranks_answers_by_agreement_with_the_english_reasoning():
     assert sorted(mapo_pairs(texts, scorer.score(texts, "sw", english), correct)) == [(0, 2), (1, 0), (1, 2)]
     with pytest.raises(HarnessError, match="scorer=numbers needs at least one English answer"):
         scorer.score([right], "sw", [])
-    assert scorer_identity({"kind": "numbers", "unused": 1}) == {"kind": "numbers"}
+    assert scorer_identity({"kind": "numbers"}) == {"kind": "numbers"}
+    with pytest.raises(HarnessError, match=r"unknown config key 'scorer\.unused'"):
+        scorer_identity({"kind": "numbers", "unused": 1})
 
 
 # ---- the translation scorer ---------------------------------------------------------------------------------------
@@ -177,17 +189,20 @@ def test_translation_reward_is_the_mean_inverse_cross_entropy_over_english_answe
 
 def test_scorer_configs_and_their_errors(tmp_path, monkeypatch):
     assert isinstance(build_scorer({"kind": "correctness"}), CorrectnessScorer)
-    with pytest.raises(HarnessError, match="unknown scorer kind 'bleu'"):
-        check_scorer_cfg({"kind": "bleu"})
+    with pytest.raises(HarnessError, match=r"^scorer\.kind=bleu: unknown choice; use one of translation, numbers, "
+                                           r"correctness"):
+        scorer_settings({"kind": "bleu"})
+    with pytest.raises(HarnessError, match=r"^scorer\.max_length is missing from the config"):
+        build_scorer({key: value for key, value in NLLB.items() if key != "max_length"})
     with pytest.raises(ModelLoadError, match=r"scorer model '/no/such/nllb': no such local folder.*scorer=tiny"):
-        build_scorer({"kind": "translation", "name_or_path": "/no/such/nllb"})
+        build_scorer({**NLLB, "name_or_path": "/no/such/nllb"})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError) as err:
-        build_scorer({"kind": "translation", "name_or_path": "facebook/nllb-200-distilled-600M"})
+        build_scorer({**NLLB, "name_or_path": "facebook/nllb-200-distilled-600M"})
     assert "HF_HUB_OFFLINE" in str(err.value) and "\n" not in str(err.value)
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="could not be loaded"):
-        build_scorer({"kind": "translation", "name_or_path": str(tmp_path)})
+        build_scorer({**NLLB, "name_or_path": str(tmp_path)})
     plain = TranslationScorer(*build_tiny_scorer(TINY_SCORER["arch"], vocab_size=400, corpus_size=30))
     plain.tokenizer = load_model(TINY_MODEL, 0).tokenizer  # a tokenizer without language codes
     with pytest.raises(HarnessError, match="no language token 'swh_Latn'"):
@@ -201,7 +216,7 @@ def policy():
 
 
 def test_tiny_policy_and_tiny_scorer_build_pairs_by_the_rules(policy):
-    problems = load_problems({"source": "synthetic", "n": 4}, ["en", "sw"], "mathoctopus")
+    problems = load_problems(problem_settings(n=4, offset=0, seed=0), ["en", "sw"], "mathoctopus")
     sampler = mapo.HFSampler(policy.model, policy.tokenizer, max_new_tokens=12, batch_size=8, seed=1)
     samples = sampler.sample([problems["sw"][0]["prompt"]], 3)
     assert len(samples) == 1 and len(samples[0]) == 3 and len(set(samples[0])) > 1  # sampled, not greedy
@@ -247,9 +262,9 @@ def test_an_empty_pair_set_and_a_missing_vllm_are_one_line_errors(policy, monkey
     assert "\n" not in str(err.value)
     with pytest.raises(HarnessError, match="alignment=mapo aligns other languages to English"):
         mapo_training_set(cfg, ["en"], "mathoctopus", 0, policy=policy, scorer={"kind": "correctness"})
-    with pytest.raises(HarnessError, match="unknown scorer kind"):
+    with pytest.raises(HarnessError, match=r"^scorer\.kind=nope: unknown choice"):
         mapo_training_set(cfg, ["sw"], "mathoctopus", 0, policy=policy, scorer={"kind": "nope"})
-    with pytest.raises(HarnessError, match="unknown sampler 'fast'"):
+    with pytest.raises(HarnessError, match=r"^alignment\.sampler=fast: unknown choice; use one of hf, vllm"):
         mapo_training_set({**cfg, "sampler": "fast"}, ["sw"], "mathoctopus", 0, policy=policy,
                           scorer={"kind": "correctness"})
     try:

@@ -7,7 +7,7 @@ from langneurons.errors import ModelLoadError
 from langneurons.experiment import load_model, tiny_tokenizer_corpus
 from langneurons.modeling import build_tokenizer, load_pretrained
 
-from conftest import run_train
+from conftest import run_train, settings
 
 SAMPLES = {
     "en": "The answer is 42.", "zh": "答案是42。", "ru": "Ответ: 42.", "ja": "答えは42です。", "th": "คำตอบคือ 42",
@@ -17,13 +17,7 @@ SAMPLES = {
 
 @pytest.fixture(scope="module")
 def tiny():
-    from omegaconf import OmegaConf
-    from hydra import compose, initialize_config_dir
-    from conftest import ROOT
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config")
-    return load_model(OmegaConf.to_container(cfg.model, resolve=True), seed=0)
+    return load_model(settings().model, seed=0)
 
 
 def test_tokenizer_round_trips_every_script_without_unknown_tokens(tiny):

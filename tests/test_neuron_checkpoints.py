@@ -9,7 +9,7 @@ from langneurons.languages import PAPER_LANGS
 from langneurons.neurons import Identification, NeuronStats
 from langneurons.neurons.dynamics import LANG_TYPES, lang_types, overlap, transitions
 
-from conftest import inspect_records, offline_runs, run_train
+from conftest import inspect_records, offline_runs, problem_settings, run_train, settings
 
 
 def ident(owners: list[list[int]], selected: list[int], general: list[int], langs=("a", "b", "c")) -> Identification:
@@ -81,14 +81,16 @@ def test_a_checkpoint_on_a_merged_copy_measures_the_adapted_model_and_leaves_it_
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"],
                                             init_lora_weights=False))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    problems = load_problems({"source": "synthetic", "n": 6, "offset": 100000, "seed": 0}, langs, "mathoctopus")
+    problems = load_problems(problem_settings(n=6, offset=100000, seed=0), langs, "mathoctopus")
+    run = settings()  # complete neuron and eval settings from the YAML, the ones this test sets replaced
 
     def take(merge: bool):
-        neurons = {"probe": "responses", "n": None, "batch_size": 4, "max_length": 512, "top_rate": 0.05,
-                   "bar": 0.95, "merge_adapters": merge}
+        neurons = {**run.neurons.dump(), "probe": "responses", "n": None, "batch_size": 4, "max_length": 512,
+                   "top_rate": 0.05, "bar": 0.95, "merge_adapters": merge}
+        eval_cfg = {**run.eval.dump(), "max_new_tokens": 6, "batch_size": 3, "samples": 6, "answer_lang": "off"}
         return NeuronCheckpointer(tokenizer=tokenizer, problems=problems, probe_langs=langs, eval_langs=langs,
-                                  neurons=neurons, eval_cfg={"max_new_tokens": 6, "batch_size": 3, "samples": 6},
-                                  out_dir=tmp_path / str(merge), model_id="tiny").take(model, 3)
+                                  neurons=neurons, eval_cfg=eval_cfg, out_dir=tmp_path / str(merge),
+                                  model_id="tiny").take(model, 3)
 
     adapters, merged = take(False), take(True)
     assert [s["answer"] for s in merged.samples] == [s["answer"] for s in adapters.samples]

@@ -14,11 +14,18 @@ from langneurons.base import cache, cache_key, documents, held_out_keys, tiny_ba
 from langneurons.data import synthetic
 from langneurons.errors import HarnessError
 from langneurons.experiment import load_model
+from langneurons.settings import ModelSettings
+
+from conftest import problem_settings, settings
+
+TINY = settings("model=tiny").model.dump()  # model=tiny's complete settings, from the YAML
 
 
 def micro_cfg(cache_dir: Path) -> dict:
-    """A model config whose base builds in about a second: the mechanics, not the learning."""
-    return {
+    """A model config (model=tiny's, made smaller) whose base builds in about a second: the mechanics, not the
+    learning."""
+    return ModelSettings.of({
+        **TINY,
         "prompt_template": "mathoctopus", "vocab_size": 300, "split_digits": True,
         "arch": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                  "num_key_value_heads": 1, "max_position_embeddings": 512, "tie_word_embeddings": True},
@@ -27,7 +34,7 @@ def micro_cfg(cache_dir: Path) -> dict:
                      "tokenizer_alpha": 0.3,
                      "corpus": {"seed": 0, "offset": 1000000, "holdout": {"offset": 100000, "n": 50},
                                 "equations": 0.25, "mix": {"en": 3, "sw": 1}}},
-    }
+    }).dump()
 
 
 def entries(root: Path) -> list[Path]:
@@ -71,10 +78,15 @@ def test_corpus_follows_the_mix_and_never_holds_an_evaluation_problem():
 def test_bad_mix_is_a_one_line_error(tmp_path):
     cfg = micro_cfg(tmp_path)
     cfg["pretrain"]["corpus"]["mix"] = {"en": 1, "xx": 1}
-    with pytest.raises(HarnessError, match="unknown language code 'xx'"):
+    with pytest.raises(HarnessError, match=r"^model\.pretrain\.corpus\.mix=.*unknown language code 'xx'") as err:
         tiny_base(cfg, progress=False)
+    assert "\n" not in str(err.value)
     cfg["pretrain"]["corpus"]["mix"] = {"te": 1}
-    with pytest.raises(HarnessError, match="no 'te' texts"):
+    with pytest.raises(HarnessError, match=r"^model\.pretrain\.corpus\.mix=.*no 'te' texts"):
+        tiny_base(cfg, progress=False)
+    # the settings are complete: a key left out is an error naming it, not a default
+    del cfg["pretrain"]["corpus"]["equations"]
+    with pytest.raises(HarnessError, match=r"^model\.pretrain\.corpus\.equations is missing from the config"):
         tiny_base(cfg, progress=False)
 
 
@@ -165,7 +177,7 @@ def test_no_token_spans_a_prompt_and_its_answer(tmp_path, template, pretrained):
     cfg["vocab_size"] = 1024  # enough merges that one across the boundary would be learnt if it could be
     cfg["pretrain"]["enabled"] = pretrained
     tok = load_model(cfg, seed=0).tokenizer
-    problems = load_problems({"source": "synthetic", "n": 20, "offset": 100000}, ["en", "sw", "zh"], template)
+    problems = load_problems(problem_settings(n=20, offset=100000, seed=0), ["en", "sw", "zh"], template)
     for ds in problems.values():
         for row in ds:
             joined = tok(row["prompt"] + " " + row["response"], add_special_tokens=False)["input_ids"]
@@ -277,21 +289,14 @@ def test_load_model_picks_the_pretrained_or_the_random_base(tmp_path, builds):
 def test_default_base_answers_english_well_and_rare_languages_worse():
     """The shipped configuration (built once, then cached where `python train.py` keeps it) knows arithmetic in
     English and much less in the rare languages."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
     from langneurons import evaluation
     from langneurons.data import load_problems
     from langneurons.prompts import last_number
 
-    from conftest import ROOT
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["model.pretrain.enabled=true"])
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg = settings("model.pretrain.enabled=true").model
     loaded = tiny_base(model_cfg)
-    problems = load_problems({"source": "synthetic", "n": 64, "offset": 100000, "seed": 0}, ["en", "sw", "th", "bn"],
-                             model_cfg["prompt_template"])
+    problems = load_problems(problem_settings(n=64, offset=100000, seed=0), ["en", "sw", "th", "bn"],
+                             model_cfg.prompt_template)
     acc = {}
     for lang, ds in problems.items():
         answers = evaluation.generate(loaded.model, loaded.tokenizer, ds["prompt"], max_new_tokens=64, batch_size=32)

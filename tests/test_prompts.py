@@ -12,6 +12,7 @@ from langneurons.modeling import build_tokenizer
 from langneurons.prompts import format_prompt, prompt_format, trim_answer
 from langneurons.scoring import is_correct
 
+from conftest import problem_settings
 from neurons.neuron_helpers import tiny_model, tiny_tokenizer
 
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -19,7 +20,7 @@ CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m[
 
 
 def test_fewshot_prompt_shows_worked_examples_in_the_asked_language_then_the_question():
-    problems = load_problems({"source": "synthetic", "n": 2, "offset": 100000}, ["sw"], "fewshot")["sw"]
+    problems = load_problems(problem_settings(n=2, offset=100000, seed=0), ["sw"], "fewshot")["sw"]
     prompt = problems[0]["prompt"]
     assert prompt.endswith(f"Question: {problems[0]['question']}\nAnswer:")
     assert prompt.count("Question:") == 4 and prompt.count("Jibu ni") == 3  # three Swahili examples
@@ -46,7 +47,7 @@ def test_chat_format_renders_the_tokenizers_template_without_a_second_bos():
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert fmt.sep == ""  # the answer follows the assistant turn directly
     # the problems' prompts are written anew in it once the tokenizer is there
-    problems = load_problems({"source": "synthetic", "n": 1, "offset": 100000}, ["de"], "plain")
+    problems = load_problems(problem_settings(n=1, offset=100000, seed=0), ["de"], "plain")
     assert with_prompts(problems, fmt)["de"][0]["prompt"].endswith("<|assistant|>")
 
 

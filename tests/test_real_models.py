@@ -23,7 +23,7 @@ from langneurons.neurons.hooks import ActFnHooks, find_act_fns
 from langneurons.offline import OfflineCopy
 from langneurons.prompts import prompt_format
 
-from conftest import ROOT, inspect_summary, offline_runs, run_train
+from conftest import ROOT, composed, inspect_summary, offline_runs, problem_settings, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -35,17 +35,9 @@ MODELS = {
 LANGS = ["en", "sw", "zh"]
 
 
-def composed(*overrides: str) -> dict:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
-
-
 def require_copy(preset: str) -> dict:
     cfg = composed(f"model={preset}")
-    copy = OfflineCopy.from_config(cfg["model"]["offline"])
+    copy = OfflineCopy.from_settings(cfg["model"]["offline"])
     if not copy.is_installed():
         pytest.skip(f"the offline copy of {preset} is not installed: {copy.install}")
     return cfg
@@ -57,7 +49,7 @@ def real(request):
     cfg = require_copy(preset)
     loaded = load_model(cfg["model"], seed=0)
     fmt = prompt_format(cfg["model"]["prompt_template"], loaded.tokenizer)
-    problems = load_problems({"source": "synthetic", "n": 4, "offset": 100000}, LANGS, fmt)
+    problems = load_problems(problem_settings(n=4, offset=100000, seed=0), LANGS, fmt)
     return preset, cfg, loaded, fmt, problems
 
 

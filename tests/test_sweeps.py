@@ -227,7 +227,7 @@ def test_a_run_of_train_py_that_fails_shows_its_error_line(tmp_path):
     assert out.returncode == 1, out.stdout + out.stderr
     record = json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"][0]
     assert record["state"] == "failed" and record["exit_code"] == 2
-    assert record["error"].startswith("error: unknown language code 'xx'")
+    assert record["error"].startswith("error: lang=xx: unknown language code 'xx'")
     log = Path(record["dir"]) / "agent.log"
     assert "failed (exit 2) after" in out.stdout
     assert f": {record['error']}   full output: {log}\n" in out.stdout

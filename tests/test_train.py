@@ -92,10 +92,10 @@ def test_a_preset_trains_a_local_model_given_by_name_or_path(tmp_path):
 
 
 @pytest.mark.parametrize("override, phrase", [
-    ("lang=xx", "unknown language code 'xx'"),
-    ("alignment=dpo alignment.pairs=/no/such/pairs.jsonl", "training file /no/such/pairs.jsonl does not exist"),
+    ("lang=xx", "lang=xx: unknown language code 'xx'"),
+    ("alignment=dpo alignment.pairs=/no/such/pairs.jsonl", "alignment.pairs=/no/such/pairs.jsonl: no such preference file"),
     ("data=mgsm", "could not load MGSM from 'juletxara/mgsm'"),
-    ("logger.mode=sideways", "unknown W&B mode 'sideways'"),
+    ("logger.mode=sideways", "logger.mode=sideways: unknown choice"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run_folder(tmp_path, override, phrase):
     out = run_train(f"hydra.run.dir={tmp_path / 'run'}", *override.split())
@@ -107,8 +107,8 @@ def test_bad_input_is_one_line_and_leaves_no_run_folder(tmp_path, override, phra
 
 
 def test_an_error_during_training_is_kept_in_the_runs_train_log(tmp_path):
-    # the answer-language check runs at the first neuron checkpoint, inside the Trainer
-    out = run_train(f"hydra.run.dir={tmp_path}", *SHORT[:-1], "eval.answer_lang=bogus")
+    # a full disk while the second neuron checkpoint is written, inside the Trainer (src/langneurons/faults.py)
+    out = run_train(f"hydra.run.dir={tmp_path}", *SHORT[:-1], env={"LANGNEURONS_FAULT": "checkpoint.write#2=enospc"})
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     error = next(line for line in out.stderr.splitlines() if line.startswith("error:"))
     assert error in (tmp_path / "train.log").read_text()

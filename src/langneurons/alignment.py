@@ -26,19 +26,13 @@ from .data import mapo, pairstore
 from .data.qalign import question_translation, translation_langs
 from .errors import HarnessError
 from .prompts import PromptFormat, prompt_format
-from .scoring import build_scorer, check_scorer_cfg, scorer_identity
+from .scoring import build_scorer, scorer_identity
+from .settings import MapoSettings, TrainerSettings, alignment_settings, scorer_settings
 
 METHODS = ("dpo", "sft", "mapo", "qalign")
 TRAINERS = {"dpo": "dpo", "mapo": "dpo", "sft": "sft", "qalign": "sft"}  # the TRL trainer each method runs
 
 log = logging.getLogger(__name__)
-
-
-def _method(alignment: Mapping[str, Any]) -> str:
-    method = alignment.get("method")
-    if method not in METHODS:
-        raise HarnessError(f"unknown alignment method {method!r}: use alignment=<{'|'.join(METHODS)}>")
-    return method
 
 
 @dataclass
@@ -50,8 +44,8 @@ class TrainingSet:
     stats: dict[str, Any] | None = None
 
 
-def training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: "str | PromptFormat", seed: int, *,
-                 policy: Any = None, scorer: Mapping[str, Any] | None = None, out_dir: Path | None = None,
+def training_set(alignment: Any, langs: Sequence[str], template: "str | PromptFormat", seed: int, *,
+                 policy: Any = None, scorer: Any = None, out_dir: Path | None = None,
                  policy_from_config: bool = False) -> TrainingSet:
     """The examples the chosen method trains on, for the aligned languages ``langs``.
 
@@ -62,64 +56,64 @@ def training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: "
     ``out_dir``: where MAPO writes a copy of the pairs it trains on; ``policy_from_config``: the policy is the
     harness's own tiny model, random or pretrained by the harness (``alignment.include_gold=auto`` then adds the gold
     answers: in a rare language it samples too few correct answers to pair).
+    ``alignment`` and ``scorer``: their settings (:mod:`settings`), or complete mappings of them.
     """
-    method = _method(alignment)
+    alignment = alignment_settings(alignment)
+    method = alignment.method
     template = prompt_format(template)
     if method == "mapo":
         return mapo_training_set(alignment, langs, template, seed, policy=policy, scorer=scorer, out_dir=out_dir,
                                  policy_from_config=policy_from_config)
     if method == "qalign":
         translated = translation_langs(langs)
-        problems = load_problems(alignment["questions"], ["en", *translated], template)
+        problems = load_problems(alignment.questions, ["en", *translated], template)
         return TrainingSet(question_translation(problems, template, seed))
-    if method == "dpo" and alignment.get("pairs"):
-        return TrainingSet(load_jsonl(alignment["pairs"], ("prompt", "chosen", "rejected")))
-    if method == "sft" and alignment.get("examples"):
-        return TrainingSet(load_jsonl(alignment["examples"], ("prompt", "completion")))
-    problems = load_problems(alignment["questions"], langs, template)
+    if method == "dpo" and alignment.pairs:
+        return TrainingSet(load_jsonl(alignment.pairs, ("prompt", "chosen", "rejected")))
+    if method == "sft" and alignment.examples:
+        return TrainingSet(load_jsonl(alignment.examples, ("prompt", "completion")))
+    problems = load_problems(alignment.questions, langs, template)
     sep = template.sep
     return TrainingSet(correctness_pairs(problems, seed, sep) if method == "dpo" else sft_examples(problems, seed, sep))
 
 
 # ---- MAPO ---------------------------------------------------------------------------------------------------------
-def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], template: "str | PromptFormat", seed: int, *,
-                      policy: Any, scorer: Mapping[str, Any] | None, out_dir: Path | None = None,
+def mapo_training_set(alignment: Any, langs: Sequence[str], template: "str | PromptFormat", seed: int, *,
+                      policy: Any, scorer: Any, out_dir: Path | None = None,
                       policy_from_config: bool = False) -> TrainingSet:
     """MAPO pairs for ``langs`` (English is the reference, not aligned): read from the pair cache when the same
     inputs built them before, else sampled, scored, paired and stored. Raises a one-line error when no pair
-    could be built."""
+    could be built. The cache key and the sampler read the same :class:`settings.SamplingSettings`."""
     if policy is None:
         raise HarnessError("alignment=mapo samples answers from the model being aligned: pass the loaded policy")
-    check_scorer_cfg(scorer)
+    alignment = alignment_settings(alignment)
+    if not isinstance(alignment, MapoSettings):
+        raise HarnessError(f"alignment.method={alignment.method}: MAPO pairs need alignment=mapo")
+    if scorer is None:
+        raise HarnessError("alignment=mapo needs a scorer: add scorer=<numbers|correctness|nllb|tiny>")
+    scorer = scorer_settings(scorer)
     template = prompt_format(template)
-    sampler_name = alignment.get("sampler", "hf")
-    if sampler_name not in ("hf", "vllm"):
-        raise HarnessError(f"unknown sampler {sampler_name!r}: use alignment.sampler=<hf|vllm>")
-    if sampler_name == "vllm":
+    sampling = alignment.sampling
+    if sampling.sampler == "vllm":
         mapo.require_vllm()
     aligned = translation_langs(langs, "mapo")
     if len(aligned) < len(langs):
         log.info("MAPO aligns non-English languages to English: en is the reference, not a training language")
-    include_gold = _include_gold(alignment.get("include_gold", "auto"), policy_from_config)
-    if scorer.get("kind") == "translation" and not scorer.get("name_or_path"):
+    include_gold = policy_from_config if alignment.include_gold == "auto" else alignment.include_gold
+    if scorer.kind == "translation" and not scorer.name_or_path:
         log.warning("MAPO: the scorer is a tiny translation model with random weights; its rewards rank the "
                     "answers at random. Offline use scorer=numbers (or correctness); for real runs scorer=nllb.")
-    k = int(alignment["k"])
-    if k < 1:
-        raise HarnessError(f"alignment.k={k}: sample at least one answer per question")
     parts = {
         "format": mapo.FORMAT, "policy": {"id": policy.model_id,
                                           "weights": pairstore.model_fingerprint(policy.model, policy.tokenizer)},
-        "questions": dict(alignment["questions"]), "langs": aligned, "template": template.identity(), "seed": seed,
-        "question_files": pairstore.folder_state(alignment["questions"].get("path")),
-        "sampling": {"sampler": sampler_name, "k": k, "temperature": float(alignment["temperature"]),
-                     "top_p": float(alignment.get("top_p", 1.0)), "max_new_tokens": int(alignment["max_new_tokens"]),
-                     "batch_size": int(alignment.get("sample_batch_size", 8))},
-        "include_gold": include_gold, "eval_fraction": float(alignment.get("eval_fraction", 0.1)),
+        "questions": alignment.questions.dump(), "langs": aligned, "template": template.identity(), "seed": seed,
+        "question_files": pairstore.folder_state(alignment.questions.path),
+        "sampling": sampling.dump(),
+        "include_gold": include_gold, "eval_fraction": alignment.eval_fraction,
         "scorer": scorer_identity(scorer),
     }
     key = pairstore.cache_key(parts)
-    cache_dir = alignment.get("cache_dir")
+    cache_dir = alignment.cache_dir
     pairs = pairstore.load(cache_dir, key) if cache_dir else None
     hit = pairs is not None
     where = pairstore.folder_for(cache_dir, key) if cache_dir else None
@@ -146,15 +140,6 @@ def mapo_training_set(alignment: Mapping[str, Any], langs: Sequence[str], templa
                        eval=Dataset.from_list(pairs.eval) if pairs.eval else None, stats=stats)
 
 
-def _include_gold(value: Any, policy_from_config: bool) -> bool:
-    """``auto``: only for the harness's own tiny model (few or no correct answers to sample in a rare language)."""
-    if value == "auto":
-        return policy_from_config
-    if isinstance(value, bool):
-        return value
-    raise HarnessError(f"alignment.include_gold={value!r}: use true, false or auto")
-
-
 def _policy_device(model: torch.nn.Module) -> None:
     """Sampling on a CPU is hopeless for real models: move the policy to this process's GPU first (the trainer
     would put it there anyway)."""
@@ -162,28 +147,26 @@ def _policy_device(model: torch.nn.Module) -> None:
         model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
 
 
-def _build_mapo_pairs(alignment: Mapping[str, Any], aligned: Sequence[str], template: PromptFormat, seed: int,
-                      policy: Any, scorer_cfg: Mapping[str, Any], include_gold: bool) -> mapo.PairSet:
-    problems = load_problems(alignment["questions"], ["en", *aligned], template)
+def _build_mapo_pairs(alignment: MapoSettings, aligned: Sequence[str], template: PromptFormat, seed: int,
+                      policy: Any, scorer_cfg: Any, include_gold: bool) -> mapo.PairSet:
+    problems = load_problems(alignment.questions, ["en", *aligned], template)
     scorer = build_scorer(scorer_cfg)  # before sampling: a scorer that cannot load fails in seconds, not hours
-    settings = dict(temperature=float(alignment["temperature"]), top_p=float(alignment.get("top_p", 1.0)),
-                    max_new_tokens=int(alignment["max_new_tokens"]), seed=seed, stops=template.stop)
+    sampling = alignment.sampling
+    settings = dict(temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens,
+                    seed=seed, stops=template.stop)
     with tempfile.TemporaryDirectory(prefix="mapo-policy-") as tmp:
-        if alignment.get("sampler", "hf") == "vllm":
+        if sampling.sampler == "vllm":
             path = getattr(policy.model, "name_or_path", "")
             if not path:  # a model built in memory: vLLM loads from disk
                 policy.model.save_pretrained(tmp)
                 policy.tokenizer.save_pretrained(tmp)
                 path = tmp
-            sampler = mapo.VLLMSampler(path, **settings,
-                                       gpu_memory_utilization=float(alignment.get("vllm_gpu_memory", 0.4)))
+            sampler = mapo.VLLMSampler(path, **settings, gpu_memory_utilization=alignment.vllm_gpu_memory)
         else:
             _policy_device(policy.model)
-            sampler = mapo.HFSampler(policy.model, policy.tokenizer,
-                                     batch_size=int(alignment.get("sample_batch_size", 8)), **settings)
-        pairs = mapo.build_pairs(problems, sampler, scorer, k=int(alignment["k"]), include_gold=include_gold,
-                                 eval_fraction=float(alignment.get("eval_fraction", 0.1)), seed=seed,
-                                 sep=template.sep)
+            sampler = mapo.HFSampler(policy.model, policy.tokenizer, batch_size=sampling.batch_size, **settings)
+        pairs = mapo.build_pairs(problems, sampler, scorer, k=sampling.k, include_gold=include_gold,
+                                 eval_fraction=alignment.eval_fraction, seed=seed, sep=template.sep)
     del scorer, sampler
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the translation model (and vLLM) are done: their memory goes to training
@@ -191,21 +174,15 @@ def _build_mapo_pairs(alignment: Mapping[str, Any], aligned: Sequence[str], temp
 
 
 # ---- trainers -----------------------------------------------------------------------------------------------------
-def lora_config(lora: Mapping[str, Any]) -> LoraConfig:
-    return LoraConfig(
-        r=int(lora["r"]),
-        lora_alpha=int(lora["alpha"]),
-        lora_dropout=float(lora["dropout"]),
-        target_modules=list(lora["target_modules"]),
-        task_type="CAUSAL_LM",
-    )
+def lora_config(lora: Any) -> LoraConfig:
+    """PEFT's LoRA config from ``trainer.lora`` (:class:`settings.LoraSettings`)."""
+    return LoraConfig(r=lora.r, lora_alpha=int(lora.alpha), lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
 def _precision_flags(precision: str) -> dict[str, bool]:
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise HarnessError(f"unknown precision {precision!r}: use trainer.precision=<auto|fp32|bf16|fp16>")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
@@ -216,8 +193,8 @@ _CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in
 
 
 def build_trainer(
-    alignment: Mapping[str, Any],
-    trainer_cfg: Mapping[str, Any],
+    alignment: Any,
+    trainer_cfg: "TrainerSettings | Mapping[str, Any]",
     model: torch.nn.Module,
     tokenizer: Any,
     train_dataset: Dataset,
@@ -230,24 +207,27 @@ def build_trainer(
     """A TRL trainer (DPOTrainer for dpo/mapo, SFTTrainer for sft/qalign) that trains a LoRA adapter on ``model``.
 
     ``eval_dataset`` (MAPO's held-out pairs) is evaluated every ``alignment.eval_steps`` steps when that is set.
+    ``alignment`` and ``trainer_cfg``: their settings (:mod:`settings`), or complete mappings of them.
     """
-    method = TRAINERS[_method(alignment)]
+    alignment = alignment_settings(alignment)
+    trainer_cfg = TrainerSettings.of(trainer_cfg)
+    method = TRAINERS[alignment.method]
     common: dict[str, Any] = dict(
         output_dir=str(output_dir),
-        max_steps=int(trainer_cfg["max_steps"]),
-        per_device_train_batch_size=int(trainer_cfg["per_device_train_batch_size"]),
-        gradient_accumulation_steps=int(trainer_cfg["gradient_accumulation_steps"]),
-        learning_rate=float(trainer_cfg["learning_rate"]),
-        lr_scheduler_type=trainer_cfg["lr_scheduler_type"],
-        warmup_steps=trainer_cfg["warmup_steps"],
-        weight_decay=float(trainer_cfg["weight_decay"]),
-        max_length=int(trainer_cfg["max_length"]),
-        **{_CHECKPOINTING: bool(trainer_cfg["gradient_checkpointing"])},
-        logging_steps=int(trainer_cfg["logging_steps"]),
-        save_strategy="steps" if trainer_cfg.get("save_steps") else "no",
-        save_steps=int(trainer_cfg.get("save_steps") or 500),
-        save_total_limit=trainer_cfg.get("save_total_limit"),
-        dataloader_num_workers=int(trainer_cfg.get("num_workers", 0)),
+        max_steps=trainer_cfg.max_steps,
+        per_device_train_batch_size=trainer_cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=trainer_cfg.gradient_accumulation_steps,
+        learning_rate=trainer_cfg.learning_rate,
+        lr_scheduler_type=trainer_cfg.lr_scheduler_type,
+        warmup_steps=trainer_cfg.warmup_steps,
+        weight_decay=trainer_cfg.weight_decay,
+        max_length=trainer_cfg.max_length,
+        **{_CHECKPOINTING: trainer_cfg.gradient_checkpointing},
+        logging_steps=trainer_cfg.logging_steps,
+        save_strategy="steps" if trainer_cfg.save_steps else "no",
+        save_steps=trainer_cfg.save_steps or 500,
+        save_total_limit=trainer_cfg.save_total_limit,
+        dataloader_num_workers=trainer_cfg.num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         seed=seed,
         data_seed=seed,
@@ -257,25 +237,21 @@ def build_trainer(
         disable_tqdm=True,
         # LoRA uses every adapter weight in every forward: DDP need not search for unused ones (and warns when told to)
         ddp_find_unused_parameters=False,
-        **_precision_flags(trainer_cfg["precision"]),
+        **_precision_flags(trainer_cfg.precision),
     )
-    evaluate = eval_dataset is not None and len(eval_dataset) > 0 and alignment.get("eval_steps")
+    eval_steps = getattr(alignment, "eval_steps", None)  # MAPO's held-out pairs only
+    evaluate = eval_dataset is not None and len(eval_dataset) > 0 and eval_steps
     if evaluate:
-        common.update(eval_strategy="steps", eval_steps=int(alignment["eval_steps"]),
-                      per_device_eval_batch_size=int(trainer_cfg["per_device_train_batch_size"]))
+        common.update(eval_strategy="steps", eval_steps=eval_steps,
+                      per_device_eval_batch_size=trainer_cfg.per_device_train_batch_size)
     eval_kwargs = {"eval_dataset": eval_dataset} if evaluate else {}
-    peft_config = lora_config(trainer_cfg["lora"])
+    peft_config = lora_config(trainer_cfg.lora)
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        loss_type = alignment.get("loss_type") or "sigmoid"
-        loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-        weights = alignment.get("loss_weights")
-        if weights is not None and len(weights) != len(loss_types):
-            raise HarnessError(f"alignment.loss_weights has {len(weights)} weights for {len(loss_types)} loss types "
-                               f"{loss_types}: give one weight per loss type, or loss_weights=null")
-        args = DPOConfig(beta=float(alignment["beta"]), loss_type=loss_types,
-                         loss_weights=None if weights is None else [float(w) for w in weights], **common)
+        weights = alignment.loss_weights
+        args = DPOConfig(beta=alignment.beta, loss_type=list(alignment.loss_type),
+                         loss_weights=None if weights is None else list(weights), **common)
         return _with_console(DPOTrainer(model=model, args=args, train_dataset=train_dataset,
                                         processing_class=tokenizer, peft_config=peft_config,
                                         callbacks=[TrainingProgress(), *callbacks], **eval_kwargs))

@@ -28,11 +28,12 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from . import answer_language, console, evaluation
+from . import answer_language, console, evaluation, faults
 from .prompts import PromptFormat, prompt_format
-from .errors import HarnessError
+from .errors import HarnessError, disk_full
 from .metrics import load_math_accuracy
-from .neurons import GeneralRule, Identification, NeuronStats, collect_stats, identify, layer_distribution, make_batches
+from .settings import PROBES, EvalSettings, NeuronSettings
+from .neurons import Identification, NeuronStats, collect_stats, layer_distribution, make_batches
 from .neurons.dynamics import lang_type_counts, overlap, transitions
 from .neurons.forward import all_reduce_sum, distributed_world, is_main_process
 from .neurons.reference import load_stats
@@ -40,7 +41,6 @@ from .distributed import rank_share, share_size
 
 log = logging.getLogger(__name__)
 
-PROBES = ("responses", "gold", "text")
 STEP_DIR = "step-{step}"
 
 
@@ -114,11 +114,9 @@ class NeuronCheckpointer:
     """Takes neuron checkpoints of a model; knows nothing of the Trainer (the callback below drives it)."""
 
     def __init__(self, *, tokenizer: Any, problems: Mapping[str, Dataset], probe_langs: Sequence[str],
-                 eval_langs: Sequence[str], neurons: Mapping[str, Any], eval_cfg: Mapping[str, Any], out_dir: Path,
-                 model_id: str, template: "str | PromptFormat" = "mathoctopus"):
-        probe = neurons.get("probe", "responses")
-        if probe not in PROBES:
-            raise HarnessError(f"unknown probe set {probe!r}: use neurons.probe=<{'|'.join(PROBES)}>")
+                 eval_langs: Sequence[str], neurons: "NeuronSettings | Mapping[str, Any]",
+                 eval_cfg: "EvalSettings | Mapping[str, Any]", out_dir: Path, model_id: str,
+                 template: "str | PromptFormat" = "mathoctopus"):
         missing = [lang for lang in (*probe_langs, *eval_langs) if lang not in problems]
         if missing:
             raise HarnessError(f"no evaluation problems for {', '.join(missing)}: add them to eval_langs")
@@ -126,8 +124,8 @@ class NeuronCheckpointer:
         self.problems = problems
         self.probe_langs = tuple(probe_langs)
         self.eval_langs = tuple(eval_langs)
-        self.neurons = dict(neurons)
-        self.eval_cfg = dict(eval_cfg)
+        self.neurons = NeuronSettings.of(neurons)
+        self.eval_cfg = EvalSettings.of(eval_cfg)
         self.out_dir = Path(out_dir)
         self.model_id = model_id
         self.format = prompt_format(template, tokenizer)  # the problems' prompts are in it: where answers end
@@ -171,7 +169,7 @@ class NeuronCheckpointer:
         world = distributed_world()
         if self._stops is None:
             self._stops = evaluation.AnswerStops(model, self.tokenizer, self.format.stop)
-        batch_size = int(self.eval_cfg["batch_size"])
+        batch_size = self.eval_cfg.batch_size
         bar = console.bar(sum(-(-share_size(len(self.problems[lang]), world) // batch_size) for lang in langs),
                           f"step {step}: answering", unit="batch")
         for lang in langs:
@@ -182,7 +180,7 @@ class NeuronCheckpointer:
             if pad:
                 prompts += [self.problems[lang]["prompt"][0]] * pad
             out[lang] = evaluation.generate(
-                model, self.tokenizer, prompts, max_new_tokens=int(self.eval_cfg["max_new_tokens"]),
+                model, self.tokenizer, prompts, max_new_tokens=self.eval_cfg.max_new_tokens,
                 batch_size=batch_size, synced_gpus=True if world > 1 else None, stops=self._stops, bar=bar)[:real]
         bar.close()
         return out
@@ -192,7 +190,7 @@ class NeuronCheckpointer:
         when ``eval.answer_lang=off``; with ``require`` an answer in another language counts as wrong)."""
         golds = {lang: self._share(self.problems[lang]["answer"]) for lang in self.eval_langs}
         metric = load_math_accuracy()
-        mode = answer_language.check_mode(self.eval_cfg.get("answer_lang", "off"))
+        mode = self.eval_cfg.answer_lang
         correct, in_lang = [], []
         for lang in self.eval_langs:
             predictions = list(answers[lang])
@@ -213,7 +211,7 @@ class NeuronCheckpointer:
         return acc, shares
 
     def _probe_examples(self, answers: Mapping[str, list[str]]) -> tuple[list[tuple[str, str, str]], str]:
-        probe = self.neurons.get("probe", "responses")
+        probe = self.neurons.probe
         examples = []
         for lang in self.probe_langs:
             rows = self.problems[lang]
@@ -233,7 +231,7 @@ class NeuronCheckpointer:
         return examples, ("all" if probe == "text" else "response")
 
     def _probe_limit(self, lang: str) -> int:
-        n = self.neurons.get("n")
+        n = self.neurons.n
         return len(self.problems[lang]) if n is None else min(int(n), len(self.problems[lang]))
 
     def _padded_probe(self, examples: list[tuple[str, str, str]], count: str) -> list[dict[str, torch.Tensor]]:
@@ -245,9 +243,9 @@ class NeuronCheckpointer:
         real = len(examples)
         first = self.probe_langs[0]
         examples = examples + [(self.problems[first]["prompt"][0], "", first)] * (rows - real)
-        batch_size = int(self.neurons["batch_size"])
+        batch_size = self.neurons.batch_size
         batches = make_batches(self.tokenizer, examples, self.probe_langs, count=count, batch_size=batch_size,
-                               max_length=self.neurons.get("max_length"))
+                               max_length=self.neurons.max_length)
         for i in range(real, len(examples)):
             batches[i // batch_size]["count_mask"][i % batch_size] = False
         return batches
@@ -255,7 +253,7 @@ class NeuronCheckpointer:
     def _start_stats(self, model: torch.nn.Module, step: int) -> NeuronStats:
         """Step 0's statistics read from ``neurons.start_stats`` (ours or the reference's format) instead of
         counted: e.g. statistics already measured on the base model, such as the reference's released ones."""
-        source = Path(self.neurons["start_stats"])
+        source = Path(self.neurons.start_stats)
         stats = load_stats(source, self.probe_langs)
         config = getattr(model, "config", None)
         expected = (getattr(config, "num_hidden_layers", None), getattr(config, "intermediate_size", None))
@@ -269,24 +267,24 @@ class NeuronCheckpointer:
     def take(self, model: torch.nn.Module, step: int) -> NeuronCheckpoint:
         """Measure ``model`` at training step ``step`` (every rank must call this; only rank 0 writes)."""
         started = time.perf_counter()
-        merged = merged_copy(model) if self.neurons.get("merge_adapters", False) else None
+        merged = merged_copy(model) if self.neurons.merge_adapters else None
         if merged is not None:
             model = merged
         answer_langs = list(dict.fromkeys([*self.eval_langs, *(
-            self.probe_langs if self.neurons.get("probe", "responses") == "responses" else [])]))
+            self.probe_langs if self.neurons.probe == "responses" else [])]))
         phases: dict[str, float] = {}
         mark = time.perf_counter()
         answers = self._answers(model, answer_langs, step)
         accuracy, in_lang = self._accuracy(answers)
         phases["answer"], mark = time.perf_counter() - mark, time.perf_counter()
-        if step == 0 and self.neurons.get("start_stats"):
+        if step == 0 and self.neurons.start_stats:
             stats = self._start_stats(model, step)
         else:
             examples, count = self._probe_examples(answers)
             batches = self._padded_probe(examples, count)
             # count="response" counts exactly the count_mask, which _padded_probe cleared on padding rows
             metadata = {"model_id": self.model_id, "step": step, "count": count,
-                        "probe": {"kind": self.neurons.get("probe", "responses"), "count": count,
+                        "probe": {"kind": self.neurons.probe, "count": count,
                                   "problems_per_lang": {lang: len(self.problems[lang]) for lang in self.probe_langs}}}
             stats = collect_stats(model, batches, self.probe_langs, count="response", progress=console.interactive(),
                                   metadata=metadata, desc=f"step {step}: counting")
@@ -298,11 +296,8 @@ class NeuronCheckpointer:
             ckpt.notes.append(f"no probe tokens for {', '.join(empty)} (empty answers): identification skipped")
             log.warning("step %d: %s", step, ckpt.notes[-1])
         else:
-            lo, hi = float(self.neurons.get("lam_lo", 0.0)), float(self.neurons.get("lam_hi", 0.2))
-            ckpt.ident = identify(stats, self.neurons.get("method", "ternary"), top_rate=float(self.neurons["top_rate"]),
-                                  lam=self.neurons.get("lam", "auto"), bar=float(self.neurons["bar"]),
-                                  general=GeneralRule(min_langs=self.neurons.get("general_min_langs")),
-                                  lam_range=(lo, hi))
+            hi = self.neurons.lam_hi
+            ckpt.ident = self.neurons.identify(stats)
             if ckpt.ident.lam_search and ckpt.ident.lam is not None and ckpt.ident.lam >= hi:
                 ckpt.notes.append(f"the lam search ended at the top of its range (lam {hi}): no lam in it lets a "
                                   "general neuron into the selection; neurons.lam_hi=<larger> weights activity more")
@@ -323,7 +318,7 @@ class NeuronCheckpointer:
         return ckpt
 
     def _samples(self, answers: Mapping[str, list[str]]) -> list[dict[str, Any]]:
-        k = int(self.eval_cfg.get("samples", 3))
+        k = self.eval_cfg.samples
         rows = []
         for lang in self.eval_langs:
             for i, answer in enumerate(answers[lang][:k]):
@@ -335,10 +330,21 @@ class NeuronCheckpointer:
     def _save(self, ckpt: NeuronCheckpoint, written=None) -> Path:
         """Write the checkpoint into a temporary folder, then rename it into place: a crash never leaves a partial
         ``step-<N>`` folder behind. ``written()`` gives the record's ``seconds`` and ``phases`` once everything else
-        is written (so that they include the writing)."""
+        is written (so that they include the writing). A full disk is a one-line error; the earlier checkpoints stay
+        as they were."""
         final = self.out_dir / STEP_DIR.format(step=ckpt.step)
         tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a write that a kill cut short
+        try:
+            return self._write(ckpt, tmp, final, written)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = disk_full(e, "the neuron checkpoint", final, run_dir=self.out_dir.parent)
+            if error is not None:
+                raise error from e
+            raise
+
+    def _write(self, ckpt: NeuronCheckpoint, tmp: Path, final: Path, written=None) -> Path:
         tmp.mkdir(parents=True)
         ckpt.stats.save(tmp)
         record: dict[str, Any] = {"step": ckpt.step, "accuracy": ckpt.accuracy, "answer_lang": ckpt.answer_lang,
@@ -356,6 +362,7 @@ class NeuronCheckpointer:
                     record[f"transitions_{name}"] = {lang: m.tolist() for lang, m in mats.items()}
         if written is not None:
             record.update(written())
+        faults.reach("checkpoint.write", tmp)
         (tmp / "checkpoint.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
         if final.exists():
             shutil.rmtree(final)

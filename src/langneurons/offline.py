@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import filecache
 from .errors import ModelLoadError
@@ -50,15 +50,15 @@ class OfflineCopy:
     cache_dir: str
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> "OfflineCopy | None":
-        if not cfg:
+    def from_settings(cls, offline: Any) -> "OfflineCopy | None":
+        """From a preset's ``model.offline`` (:class:`settings.OfflineSettings`, or its mapping); None for none."""
+        if not offline:
             return None
-        missing = [k for k in ("requirement", "files", "sha256", "install", "cache_dir") if not cfg.get(k)]
-        if missing:
-            raise ModelLoadError(f"model.offline lacks {', '.join(missing)}: give requirement, files, sha256, install "
-                                 "and cache_dir (see conf/model/gemma3_270m.yaml)")
-        return cls(str(cfg["requirement"]), tuple(str(f) for f in cfg["files"]), str(cfg["sha256"]).lower(),
-                   str(cfg["install"]), str(cfg["cache_dir"]))
+        from .settings import OfflineSettings
+
+        offline = OfflineSettings.of(offline, "model.offline.")
+        return cls(offline.requirement, tuple(offline.files), offline.sha256.lower(), offline.install,
+                   offline.cache_dir)
 
     @property
     def gguf_name(self) -> str:
@@ -125,7 +125,7 @@ def converted_folder(copy: OfflineCopy, hub_id: str, *, progress: bool = True) -
     with filecache.exclusive_lock(root / f"{entry.name}.lock", f"offline copy of {hub_id}"):
         if is_complete(entry):  # another process converted it while this one waited
             return entry
-        filecache.remove_stale_tmp(root)
+        filecache.remove_stale_tmp(root, entry.name)  # and what a killed conversion of it left
         if importlib.util.find_spec("gguf") is None:
             raise ModelLoadError(f"model {hub_id!r}: converting its offline copy needs the gguf package: "
                                  "`pip install gguf` (or pip install -e \".[models]\")")

@@ -61,6 +61,11 @@ def _assign(cfg: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
+# Blocks whose keys a run saved by an older version may lack: they are taken from today's config (their defaults:
+# neurons.lam_eps, filter_rate and general_bar, which the identification used at those values all along).
+BACKFILL = ("neurons",)
+
+
 def resumed_config(composed: Mapping[str, Any], run_dir: Path, overrides: Sequence[str]) -> tuple[dict, dict]:
     """The config a resumed run continues with: the saved one, plus the overrides of ``MAY_CHANGE`` given now.
 
@@ -76,6 +81,10 @@ def resumed_config(composed: Mapping[str, Any], run_dir: Path, overrides: Sequen
             _assign(saved, key, new)
         elif new != _select(saved, key):
             conflicts.append(f"{key}: {_select(saved, key)!r} in the run, {new!r} now")
+    for block in BACKFILL:  # keys this version added to a block (a run saved before it lacks them)
+        for key, value in (composed.get(block) or {}).items():
+            if isinstance(saved.get(block), dict) and key not in saved[block]:
+                saved[block][key] = value
     if conflicts:
         original = " ".join(record.get("overrides") or [])
         raise HarnessError(f"cannot resume {run_dir} with a different config ({'; '.join(conflicts)}); only "

@@ -26,6 +26,7 @@ import torch
 from . import languages
 from .errors import HarnessError, ModelLoadError
 from .prompts import all_numbers, last_number
+from .settings import scorer_settings
 
 KINDS = ("translation", "correctness", "numbers")
 TOLERANCE = 1e-3  # MAPO's: a final number within 1e-3 of the gold number is correct
@@ -149,49 +150,36 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 
 
 # ---- building the configured scorer -----------------------------------------------------------------------------
-def check_scorer_cfg(cfg: Mapping[str, Any] | None) -> str:
-    """The scorer kind a config names; a one-line error for an unknown or missing one."""
-    if not cfg:
-        raise HarnessError("alignment=mapo needs a scorer: add scorer=<numbers|correctness|nllb|tiny>")
-    kind = cfg.get("kind")
-    if kind not in KINDS:
-        raise HarnessError(f"unknown scorer kind {kind!r}: use scorer=<numbers|correctness|nllb|tiny> (or scorer.kind="
-                           f"<{'|'.join(KINDS)}>)")
-    return kind
-
-
-def scorer_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """What a scorer's rewards depend on (for cache keys): its kind, model and build settings, not its speed."""
-    kind = check_scorer_cfg(cfg)
-    if kind in ("correctness", "numbers"):
-        return {"kind": kind}
-    ident = {k: cfg.get(k) for k in ("kind", "name_or_path", "revision", "max_length")}
-    if not cfg.get("name_or_path"):
-        ident.update({k: cfg.get(k) for k in ("arch", "vocab_size", "seed", "corpus_size")})
+def scorer_identity(cfg: Any) -> dict[str, Any]:
+    """What a scorer's rewards depend on (for cache keys): its kind, model and build settings, not its speed.
+    ``cfg``: the ``scorer`` settings (or their mapping)."""
+    cfg = scorer_settings(cfg)
+    if cfg.kind in ("correctness", "numbers"):
+        return {"kind": cfg.kind}
+    ident = {k: getattr(cfg, k) for k in ("kind", "name_or_path", "revision", "max_length")}
+    if not cfg.name_or_path:
+        ident.update({k: getattr(cfg, k) for k in ("arch", "vocab_size", "seed", "corpus_size")})
     else:
         from .data.pairstore import folder_state
 
-        ident["files"] = folder_state(cfg["name_or_path"])  # a local folder can change under the same name
+        ident["files"] = folder_state(cfg.name_or_path)  # a local folder can change under the same name
     return ident
 
 
-def build_scorer(cfg: Mapping[str, Any], device: str | torch.device | None = None) -> Scorer:
-    """The scorer ``cfg`` describes (see the module docstring), on ``device`` (default: cuda when available)."""
-    kind = check_scorer_cfg(cfg)
-    if kind == "correctness":
+def build_scorer(cfg: Any, device: str | torch.device | None = None) -> Scorer:
+    """The scorer the ``scorer`` settings (or their mapping) describe (see the module docstring), on ``device``
+    (default: cuda when available)."""
+    cfg = scorer_settings(cfg)
+    if cfg.kind == "correctness":
         return CorrectnessScorer()
-    if kind == "numbers":
+    if cfg.kind == "numbers":
         return NumbersScorer()
-    if cfg.get("name_or_path"):
-        model, tokenizer = load_seq2seq(str(cfg["name_or_path"]), revision=cfg.get("revision"),
-                                        dtype=cfg.get("dtype", "auto"))
+    if cfg.name_or_path:
+        model, tokenizer = load_seq2seq(cfg.name_or_path, revision=cfg.revision, dtype=cfg.dtype)
     else:
-        model, tokenizer = build_tiny_scorer(cfg.get("arch") or {}, int(cfg.get("vocab_size", 1024)),
-                                             seed=int(cfg.get("seed", 0)),
-                                             corpus_size=int(cfg.get("corpus_size", 200)))
+        model, tokenizer = build_tiny_scorer(cfg.arch, cfg.vocab_size, seed=cfg.seed, corpus_size=cfg.corpus_size)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return TranslationScorer(model.to(device), tokenizer, batch_size=int(cfg.get("batch_size", 32)),
-                             max_length=int(cfg.get("max_length", 512)))
+    return TranslationScorer(model.to(device), tokenizer, batch_size=cfg.batch_size, max_length=cfg.max_length)
 
 
 def build_tiny_scorer(arch: Mapping[str, Any], vocab_size: int = 1024, seed: int = 0, corpus_size: int = 200):
@@ -204,7 +192,10 @@ def build_tiny_scorer(arch: Mapping[str, Any], vocab_size: int = 1024, seed: int
     from .data.synthetic import SYNTHETIC_LANGS
     from .modeling import build_tokenizer
 
-    problems = load_problems({"source": "synthetic", "n": corpus_size, "seed": 4321}, SYNTHETIC_LANGS, "plain")
+    from .settings import ProblemSettings
+
+    spec = ProblemSettings(source="synthetic", path=None, n=corpus_size, offset=0, seed=4321)
+    problems = load_problems(spec, SYNTHETIC_LANGS, "plain")
     corpus = (f"{row['question']} {row['response']}" for ds in problems.values() for row in ds)
     tokenizer = build_tokenizer(corpus, vocab_size)
     tokenizer.add_tokens([info.nllb for info in languages.LANGUAGES.values()], special_tokens=True)

@@ -65,7 +65,19 @@ def load_sweep(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"sweep config {path} does not exist: give a file such as sweeps/languages.yaml")
-    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        config = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise HarnessError(f"sweep config {path} cannot be read ({e.strerror or type(e).__name__}): make it readable") \
+            from None
+    except UnicodeDecodeError:
+        raise HarnessError(f"sweep config {path} is not UTF-8 text: save it as UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise HarnessError(f"sweep config {path}{where}: not valid YAML ({problem}): see sweeps/*.yaml for the "
+                           "format") from None
     if not isinstance(config, dict):
         raise HarnessError(f"sweep config {path} is not a YAML mapping: see sweeps/*.yaml for the format")
     try:
@@ -283,8 +295,16 @@ def run_sweep(config_file: Path, count: int | None = None, folder: Path | None =
     return state
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (``error: ...``), as every other error of the agent."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {message} ({self.prog} --help shows the usage)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m langneurons.sweep",
         description="Run a W&B sweep config without a W&B server: the open-source sweeps engine proposes each run, "
                     "and train.py runs it with the overrides W&B's agent would pass. Running the same command again "
@@ -300,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "trainer.max_steps=8)")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     if args.count is not None and args.count < 1:
-        parser.error("--count must be at least 1")
+        parser.error(f"--count {args.count}: give at least 1 (or leave --count out to run until the grid is "
+                     "exhausted)")
     try:
         state = run_sweep(args.config, args.count, args.dir, args.overrides)
     except HarnessError as e:

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from .distributed import is_rank_zero
 from .errors import HarnessError
+from .settings import logger_settings
 
 STEP_KEY = "train/global_step"
 MODES = ("auto", "online", "offline", "disabled")
@@ -52,18 +53,17 @@ def run_identity(model: str, method: str, langs: Sequence[str]) -> dict[str, Any
     }
 
 
-def start_run(logger: Mapping[str, Any], config: dict[str, Any], run_dir: Path, identity: Mapping[str, Any],
+def start_run(logger: Any, config: dict[str, Any], run_dir: Path, identity: Mapping[str, Any],
               run_id: str | None = None):
     """Start the job's W&B run in ``run_dir`` (or return None when logging is off); with ``run_id``, continue that
     run (a resumed job: online it appends to the same run, offline it writes a second file with the same id, which
-    ``wandb sync`` uploads into that run)."""
-    if logger.get("backend", "wandb") == "none":
+    ``wandb sync`` uploads into that run). ``logger``: the ``logger`` settings (or their mapping)."""
+    logger = logger_settings(logger)
+    if logger.backend == "none":
         return None
-    if logger.get("backend") != "wandb":
-        raise HarnessError(f"unknown logger {logger.get('backend')!r}: use logger=<wandb|none>")
     import wandb
 
-    mode = resolve_mode(logger.get("mode"))
+    mode = resolve_mode(logger.mode)
     if not is_rank_zero():  # one run per job: under accelerate launch only rank 0 talks to W&B
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -71,11 +71,11 @@ def start_run(logger: Mapping[str, Any], config: dict[str, Any], run_dir: Path, 
     # follow the process-wide settings, not the run's: the run's own printout says where the run is.
     wandb.setup(settings=wandb.Settings(silent=True))
     run = wandb.init(
-        project=logger.get("project") or "langneurons",
-        entity=logger.get("entity"),
-        name=logger.get("name") or identity["name"],
-        group=logger.get("group") or identity["group"],
-        tags=[*identity["tags"], *(logger.get("tags") or [])],
+        project=logger.project,
+        entity=logger.entity,
+        name=logger.name or identity["name"],
+        group=logger.group or identity["group"],
+        tags=[*identity["tags"], *logger.tags],
         config=config,
         dir=str(run_dir),
         mode=mode,

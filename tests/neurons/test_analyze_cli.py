@@ -69,9 +69,11 @@ def test_identify_to_a_file_puts_ours_beside_it(tmp_path, capsys):
     [
         (["identify"], "source required"),
         (["identify", "source=/no/such/dir"], "no such path '/no/such/dir'"),
-        (["identify", "source={ref}", "method=magic"], "unknown identification method 'magic'"),
+        (["identify", "source={ref}", "method=magic"], "method=magic: unknown choice; use one of ternary, lape"),
         (["identify", "source={ref}", "colour=red"], "unknown key 'colour'"),
-        (["identify", "source={ref}", "top_rate=lots"], "top_rate must be a number"),
+        (["identify", "source={ref}", "top_rate=lots"], "top_rate=lots: must be a number"),
+        (["identify", "source={ref}", "top_rate=0"], "top_rate=0: must be greater than 0"),
+        (["stages", "runs=[{ref}]", "step=soon"], "step=soon: not a checkpoint; use first, last or a step number"),
         (["identify", "source"], "key=value"),
         (["frobnicate"], "unknown subcommand 'frobnicate'"),
     ],

@@ -1,6 +1,7 @@
 """``analyze.py <subcommand> [key=value ...]``: compose conf/analyze/<subcommand>.yaml with the overrides, run it.
 
-Each subcommand is a function ``run(cfg: dict) -> dict`` in its own module; its result is printed as one line of
+Each subcommand is a function ``run(settings) -> dict`` in its own module; it gets its config as the settings object
+of :mod:`analysis.settings` (every value checked before the subcommand runs); its result is printed as one line of
 JSON. User errors (unknown subcommand or key, bad value, missing path...) print one line to stderr and exit 2.
 """
 
@@ -24,7 +25,7 @@ class Subcommand:
     # conf/analyze/<name>.yaml, every other override composes conf/config.yaml as train.py does
     training_config: bool = False
 
-    def load(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def load(self) -> Callable[[Any], dict[str, Any]]:
         module, func = self.target.split(":")
         return getattr(importlib.import_module(module), func)
 
@@ -70,6 +71,13 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 
+def parse(name: str, cfg: dict[str, Any]) -> Any:
+    """The settings of subcommand ``name`` from its composed config (:func:`compose`)."""
+    from .settings import SETTINGS
+
+    return SETTINGS[name].from_config(cfg)
+
+
 def usage(prog: str = "analyze.py") -> str:
     width = max(len(name) for name in SUBCOMMANDS)
     lines = [f"usage: python {prog} <subcommand> [key=value ...]", "", "subcommands:"]
@@ -111,7 +119,7 @@ def compose(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, An
         raise HarnessError(f"{', '.join(missing)} required: python analyze.py {name} {missing[0]}=...")
     composed = OmegaConf.to_container(cfg, resolve=True)
     # the keys the command line set, so that a subcommand tells them from defaults (a run's own identification
-    # settings fill the ones not given: IdentifySettings.from_cfg)
+    # settings fill the ones not given: analysis.settings)
     composed["given"] = [str(override.key_or_group) for override in parsed]
     return composed
 
@@ -162,7 +170,8 @@ def main(argv: Sequence[str], conf_dir: Path, prog: str = "analyze.py") -> int:
     try:
         cfg = (compose_with_training(conf_dir, name, overrides) if sub.training_config
                else compose(conf_dir, name, overrides))
-        result = sub.load()(cfg)
+        settings = parse(name, cfg)  # every value checked before the subcommand runs
+        result = sub.load()(settings)
     except HarnessError as exc:
         print(f"{prog} {name}: error: {exc}", file=sys.stderr)
         return 2

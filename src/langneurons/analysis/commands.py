@@ -1,15 +1,25 @@
-"""The analysis subcommands behind ``analyze.py``: each takes its composed config (a plain dict, see
-conf/analyze/<name>.yaml), writes figures / tables / HTML into ``out`` when given, and returns a JSON-able digest."""
+"""The analysis subcommands behind ``analyze.py``: each takes its settings (:mod:`analysis.settings`, parsed from
+conf/analyze/<name>.yaml and the command line), writes figures / tables / HTML into ``out`` when given, and returns a
+JSON-able digest."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import HarnessError
 from ..neurons import Identification
 from .progress import Bar, interactive, phase
 from .report import check_wandb, finish
+from .settings import (
+    CompareSettings,
+    CountsSettings,
+    DeactivateSettings,
+    OverlapSettings,
+    ReportSettings,
+    SpontaneousSettings,
+    StagesSettings,
+)
 from .sections import (
     change_section,
     counts_section,
@@ -20,34 +30,20 @@ from .sections import (
     spontaneous_section,
     stages_section,
 )
-from .sources import IdentifySettings, Run, load_run, load_runs
+from .sources import Run, load_run, load_runs
 
 
-def _step(value: Any) -> int | str:
-    if value in ("first", "last"):
-        return value
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise HarnessError(f"step {value!r}: use first, last or a step number") from None
-
-
-def _checked_steps(runs: list[Run], cfg: Mapping[str, Any], defaults: Mapping[str, str]) -> list[int | str]:
-    """The steps ``cfg`` names (``defaults``: key -> default), each checked against every run: a step a run lacks
-    is a typo, said in one line before any work."""
-    steps = [_step(cfg.get(key, default)) for key, default in defaults.items()]
+def _checked_steps(runs: list[Run], *steps: int | str) -> list[int | str]:
+    """``steps``, each checked against every run: a step a run lacks is a typo, said in one line before any work."""
     for run in runs:
         for which in steps:
             run.checkpoint(which)
-    return steps
+    return list(steps)
 
 
-def _runs(cfg: Mapping[str, Any]) -> list[Run]:
-    specs = cfg.get("runs")
-    if isinstance(specs, str):
-        specs = [specs]
-    return load_runs(specs or [], IdentifySettings.from_cfg(cfg), labels=cfg.get("labels"),
-                     reidentify=bool(cfg.get("reidentify")), cache=cfg.get("cache"), trained=cfg.get("trained"))
+def _runs(settings: Any) -> list[Run]:
+    return load_runs(list(settings.runs), settings.identify_settings(), labels=settings.labels,
+                     reidentify=settings.reidentify, cache=settings.cache, trained=getattr(settings, "trained", None))
 
 
 def _identify_all(name: str, runs: list[Run]) -> None:
@@ -67,7 +63,7 @@ def _identify_all(name: str, runs: list[Run]) -> None:
         bar.close()
 
 
-def _passes(runs: list[Run], step: Any, options: Mapping[str, Any]) -> str:
+def _passes(runs: list[Run], step: Any, options: dict[str, Any]) -> str:
     """`` (31 passes)``: the model passes a deactivation makes (the intact model + every mode x language), or ""."""
     total = 0
     for run in runs:
@@ -80,24 +76,15 @@ def _passes(runs: list[Run], step: Any, options: Mapping[str, Any]) -> str:
     return f" ({total} passes)" if total else ""
 
 
-def _deactivation_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    langs = cfg.get("langs")
-    return {"model": cfg.get("model"), "adapter": cfg.get("adapter"), "data": cfg.get("data"), "n": cfg.get("n"),
-            "modes": tuple(cfg.get("modes") or ("specific", "specific+related", "all")),
-            "deactivated": None if langs is None else tuple([langs] if isinstance(langs, str) else langs),
-            "accuracy": bool(cfg.get("accuracy")), "batch_size": int(cfg.get("batch_size") or 8),
-            "max_new_tokens": int(cfg.get("max_new_tokens") or 64)}
-
-
-def report(cfg: dict[str, Any]) -> dict[str, Any]:
+def report(cfg: ReportSettings) -> dict[str, Any]:
     """Every analysis on ``runs``: counts, stages, before -> after, overlaps, spontaneous alignment (and
     deactivation when ``deactivation.enabled``), as PNGs, CSVs and one HTML page."""
     started = time.perf_counter()
     runs = _runs(cfg)
-    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
-    step, before, after = _checked_steps(runs, cfg, {"step": "last", "before": "first", "after": "last"})
-    deactivation = dict(cfg.get("deactivation") or {})
-    deactivation_step = _step(deactivation.get("step") or step)
+    mode = check_wandb(cfg.wandb, runs, cfg.out)
+    step, before, after = _checked_steps(runs, cfg.step, cfg.before, cfg.after)
+    deactivation = cfg.deactivation
+    deactivation_step = step if deactivation.step is None else deactivation.step
     _identify_all("report", runs)
     sections = []
     for what, build in (("counts", lambda: counts_section(runs)), ("stages", lambda: stages_section(runs, step)),
@@ -106,8 +93,8 @@ def report(cfg: dict[str, Any]) -> dict[str, Any]:
                         ("spontaneous", lambda: spontaneous_section(runs, before, after))):
         with phase(f"report: {what}"):
             sections.append(build())
-    if deactivation.get("enabled"):
-        options = _deactivation_options(deactivation)
+    if deactivation.enabled:
+        options = deactivation.options()
         with phase(f"report: deactivation{_passes(runs, deactivation_step, options)}", chatty=interactive()):
             sections.append(deactivation_section(runs, deactivation_step, **options))
     # last, so that it holds the notes of checkpoints identified along the way
@@ -117,11 +104,11 @@ def report(cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def counts(cfg: dict[str, Any]) -> dict[str, Any]:
+def counts(cfg: CountsSettings) -> dict[str, Any]:
     """(a) neuron counts per type and accuracy over steps."""
     started = time.perf_counter()
     runs = _runs(cfg)
-    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
+    mode = check_wandb(cfg.wandb, runs, cfg.out)
     _identify_all("counts", runs)
     with phase("counts: neuron counts over steps"):
         section = counts_section(runs)
@@ -130,32 +117,32 @@ def counts(cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def stages(cfg: dict[str, Any]) -> dict[str, Any]:
+def stages(cfg: StagesSettings) -> dict[str, Any]:
     """(b) the layer distribution and the four stages at one checkpoint of each source."""
     started = time.perf_counter()
     runs = _runs(cfg)
-    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
-    (step,) = _checked_steps(runs, cfg, {"step": "last"})
+    mode = check_wandb(cfg.wandb, runs, cfg.out)
+    (step,) = _checked_steps(runs, cfg.step)
     with phase("stages: layer distribution and stages"):
-        section = stages_section(runs, step, bool(cfg.get("per_language", True)))
+        section = stages_section(runs, step, cfg.per_language)
     result = finish([section], runs, cfg, "stages", started, mode)
     result["stages"] = section.data
-    if cfg.get("per_language", True) and section.tables:
+    if cfg.per_language and section.tables:
         table = section.tables[0]
         result["per_language"] = {f"{r['run']}|{r['lang']}": " / ".join(str(r[c]) for c in table.columns[3:7])
                                   for r in table.records() if r["lang"] != "all"}
     return result
 
 
-def compare(cfg: dict[str, Any]) -> dict[str, Any]:
+def compare(cfg: CompareSettings) -> dict[str, Any]:
     """(c) before -> after: ``before`` (its first checkpoint unless ``@step``) against ``after`` (its last)."""
     started = time.perf_counter()
-    settings = IdentifySettings.from_cfg(cfg)
-    options = {"reidentify": bool(cfg.get("reidentify")), "cache": cfg.get("cache")}
-    before_run = load_run(cfg["before"], settings, **options)
-    after_run = load_run(cfg["after"], settings, **options)
+    settings = cfg.identify_settings()
+    options = {"reidentify": cfg.reidentify, "cache": cfg.cache}
+    before_run = load_run(cfg.before, settings, **options)
+    after_run = load_run(cfg.after, settings, **options)
     runs = [before_run, after_run]
-    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
+    mode = check_wandb(cfg.wandb, runs, cfg.out)
     b, a = before_run.checkpoint("first"), after_run.checkpoint("last")
     label = (before_run.label if before_run.source.split("@")[0] == after_run.source.split("@")[0]
              else f"{before_run.label} -> {after_run.label}")
@@ -171,11 +158,11 @@ def compare(cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def overlap(cfg: dict[str, Any]) -> dict[str, Any]:
+def overlap(cfg: OverlapSettings) -> dict[str, Any]:
     """(d) overlap of each language's neuron set across checkpoints and between runs."""
     started = time.perf_counter()
     runs = _runs(cfg)
-    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
+    mode = check_wandb(cfg.wandb, runs, cfg.out)
     _identify_all("overlap", runs)
     with phase("overlap: overlaps"):
         section = overlap_section(runs)
@@ -190,12 +177,12 @@ def overlap(cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def spontaneous(cfg: dict[str, Any]) -> dict[str, Any]:
+def spontaneous(cfg: SpontaneousSettings) -> dict[str, Any]:
     """(e) trained vs untrained languages: change of specific / related neurons and accuracy."""
     started = time.perf_counter()
     runs = _runs(cfg)
-    mode = check_wandb(cfg.get("wandb"), runs, cfg.get("out"))
-    before, after = _checked_steps(runs, cfg, {"before": "first", "after": "last"})
+    mode = check_wandb(cfg.wandb, runs, cfg.out)
+    before, after = _checked_steps(runs, cfg.before, cfg.after)
     with phase("spontaneous: trained vs untrained languages"):
         section = spontaneous_section(runs, before, after)
     result = finish([section], runs, cfg, "spontaneous", started, mode)
@@ -203,14 +190,13 @@ def spontaneous(cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def deactivate(cfg: dict[str, Any]) -> dict[str, Any]:
+def deactivate(cfg: DeactivateSettings) -> dict[str, Any]:
     """(f) deactivation heatmaps for one checkpoint of ``source``."""
     started = time.perf_counter()
-    run = load_run(cfg["source"], IdentifySettings.from_cfg(cfg), reidentify=bool(cfg.get("reidentify")),
-                   cache=cfg.get("cache"))
-    mode = check_wandb(cfg.get("wandb"), [run], cfg.get("out"))
-    (step,) = _checked_steps([run], cfg, {"step": "last"})
-    options = _deactivation_options(cfg)
+    run = load_run(cfg.source, cfg.identify_settings(), reidentify=cfg.reidentify, cache=cfg.cache)
+    mode = check_wandb(cfg.wandb, [run], cfg.out)
+    (step,) = _checked_steps([run], cfg.step)
+    options = cfg.options()
     with phase(f"deactivate: deactivation{_passes([run], step, options)}", chatty=interactive()):
         section = deactivation_section([run], step, **options)
     if run.label not in section.data:

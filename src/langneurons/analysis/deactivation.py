@@ -188,7 +188,7 @@ def load_checkpoint_model(run: Run, step: int, *, model: str | None = None, adap
         base = load_pretrained(str(model_cfg["name_or_path"]), dtype=dtype or model_cfg.get("dtype", "auto"),
                                revision=model_cfg.get("revision"),
                                trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-                               offline=OfflineCopy.from_config(model_cfg.get("offline")))
+                               offline=OfflineCopy.from_settings(model_cfg.get("offline")))
     elif run.path is not None and (run.path / "base_model" / "config.json").is_file():
         base = load_pretrained(str(run.path / "base_model"), dtype=dtype or "fp32")
     else:

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from .. import languages
 from ..errors import HarnessError
 from ..neurons import Identification, NeuronStats, load_stats
 from ..neurons.reference import is_reference_folder
 from ..neurons.storage import atomic_write
 from .progress import note, phase
-from .sources import (_STEP_DIR, IdentifySettings, has_config, read_config, setting_label, split_step,
+from .settings import IdentifyCommandSettings
+from .sources import (_STEP_DIR, has_config, read_config, setting_label, split_step,
                       step_folders)
 
 
@@ -65,14 +65,14 @@ def checkpoint_folder(source: str) -> tuple[Path, Path | None]:
     return path, None
 
 
-def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Identify neurons as ``cfg`` says (see conf/analyze/identify.yaml); return the summary, plus output paths.
+def run(cfg: IdentifyCommandSettings) -> dict[str, Any]:
+    """Identify neurons as the settings say (see conf/analyze/identify.yaml); return the summary, plus output paths.
 
     On a checkpoint of a run (or a run dir: its last checkpoint), the settings not given are the run's own
     ``neurons.*``; a given one that differs from the run's is said on stderr and under ``notes``."""
-    settings = IdentifySettings.from_cfg(cfg)
-    langs = None if cfg.get("langs") is None else languages.resolve(cfg["langs"])
-    folder, run_dir = checkpoint_folder(str(cfg["source"]))
+    settings = cfg.identify_settings()
+    langs = cfg.langs
+    folder, run_dir = checkpoint_folder(cfg.source)
     notes = []
     if run_dir is not None:
         config = read_config(run_dir)
@@ -83,11 +83,11 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     with phase(f"identify: {settings.method} on {stats.num_layers} x {stats.num_units} units, "
                f"{len(stats.langs)} languages"):
         ident = settings.identify(stats)
-    result = {"source": str(cfg["source"]), **ident.summary()}
-    if folder != Path(str(cfg["source"])):
+    result = {"source": cfg.source, **ident.summary()}
+    if folder != Path(cfg.source):
         result["checkpoint"] = str(folder)
     if notes:
         result["notes"] = notes
-    if cfg.get("out"):
-        result.update(save_outputs(ident, str(cfg["out"])))
+    if cfg.out:
+        result.update(save_outputs(ident, cfg.out))
     return result

@@ -31,6 +31,8 @@ from ..errors import HarnessError
 from ..filecache import tmp_sibling
 from .sources import PROBE_RECORD as RECORD
 from .sources import read_config, step_folders
+from .settings import ProbeSettings
+from ..settings import RunSettings
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def find_adapter(spec: str | None) -> AdapterSource | None:
     return AdapterSource(path, run_dir, step)
 
 
-def _load(train: Mapping[str, Any], adapter: AdapterSource | None):
+def _load(train: "RunSettings", adapter: AdapterSource | None):
     """The model to measure: the config's model (the adapter's run's own base when it kept one: the tiny model),
     with the adapter on top; in eval mode, on the GPU when there is one."""
     import torch
@@ -85,9 +87,9 @@ def _load(train: Mapping[str, Any], adapter: AdapterSource | None):
 
     base_dir = adapter.run_dir / "base_model" if adapter is not None and adapter.run_dir is not None else None
     if base_dir is not None and (base_dir / "config.json").is_file():
-        loaded = load_pretrained(str(base_dir), dtype=train["model"].get("dtype", "auto"))
+        loaded = load_pretrained(str(base_dir), dtype=train.model.dtype)
     else:
-        loaded = load_model(train["model"], int(train["seed"]))
+        loaded = load_model(train.model, train.seed)
     base = loaded.model
     if adapter is not None:
         from peft import PeftModel
@@ -104,60 +106,60 @@ def _load(train: Mapping[str, Any], adapter: AdapterSource | None):
     return loaded, base
 
 
-def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Probe the model ``cfg["config"]`` (a composed training config) describes; write the folder ``cfg["out"]``."""
+def run(cfg: ProbeSettings) -> dict[str, Any]:
+    """Probe the model ``cfg.config`` (the training settings) describes; write the folder ``cfg.out``."""
     from ..callbacks import NeuronCheckpointer
     from ..experiment import evaluation_problems, in_model_format, set_threads
 
     started = time.perf_counter()
-    train = dict(cfg["config"])
-    set_threads(train.get("threads"))
-    out = Path(str(cfg["out"])).expanduser()
+    train = cfg.config
+    set_threads(train.threads)
+    out = Path(cfg.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HarnessError(f"out={out} already exists and is not empty: give a new folder (a probe never "
                            "overwrites one)")
-    adapter = find_adapter(cfg.get("adapter"))
-    step = cfg.get("step")
-    step = int(step) if step is not None else (adapter.step or 0) if adapter is not None else 0
+    adapter = find_adapter(cfg.adapter)
+    step = cfg.step if cfg.step is not None else (adapter.step or 0) if adapter is not None else 0
     trained_on = (adapter.run_config.get("model") or {}).get("preset") if adapter is not None else None
-    if trained_on and trained_on != train["model"].get("preset"):
+    if trained_on and trained_on != train.model.preset:
         raise HarnessError(f"adapter={adapter.path} was trained on model={trained_on}, not model="
-                           f"{train['model'].get('preset')}: pass model={trained_on}")
+                           f"{train.model.preset}: pass model={trained_on}")
     if adapter is not None and step == 0:
         raise HarnessError(f"adapter={adapter.path}: its training step is unknown; give it with step=<N> (step 0 "
                            "is the base model)")
-    probe_langs, eval_langs, problems = evaluation_problems(train)  # before the model loads: bad input fails at once
+    probe_langs, eval_langs = train.probe_langs, train.eval_langs
+    problems = evaluation_problems(train)  # before the model loads: bad input fails at once
     timings: dict[str, float] = {}
     mark = time.perf_counter()
     loaded, base = _load(train, adapter)
     timings["load"] = time.perf_counter() - mark
-    template, problems = in_model_format(problems, train["model"]["prompt_template"], loaded.tokenizer)
+    template, problems = in_model_format(problems, train.model.prompt_template, loaded.tokenizer)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(out)
     try:
         checkpointer = NeuronCheckpointer(
             tokenizer=loaded.tokenizer, problems=problems, probe_langs=probe_langs, eval_langs=eval_langs,
-            neurons=train["neurons"], eval_cfg=train["eval"], out_dir=tmp / "neurons", model_id=loaded.model_id,
+            neurons=train.neurons, eval_cfg=train.eval, out_dir=tmp / "neurons", model_id=loaded.model_id,
             template=template)
         ckpt = checkpointer.take(loaded.model, step)
         timings.update(ckpt.phases)
         mark = time.perf_counter()
-        if not train["model"].get("name_or_path"):  # the built-in tiny model: keep the weights measured
+        if train.model.built:  # the built-in tiny model: keep the weights measured
             base.save_pretrained(tmp / "base_model")
             loaded.tokenizer.save_pretrained(tmp / "base_model")
         if adapter is not None:
             shutil.copytree(adapter.path, tmp / "adapter")
-        written = _config(train, adapter)
+        written = _config(cfg.raw_config, adapter)
         from omegaconf import OmegaConf
 
         (tmp / ".hydra").mkdir()
         OmegaConf.save(OmegaConf.create(written), tmp / ".hydra" / "config.yaml")
         timings["write"] = time.perf_counter() - mark
-        record = {"kind": "probe", "model_id": loaded.model_id, "step": step, "label": _label(cfg, train, adapter, step),
+        record = {"kind": "probe", "model_id": loaded.model_id, "step": step, "label": _label(cfg, adapter, step),
                   "adapter": str(adapter.path) if adapter is not None else None,
                   "adapter_run": str(adapter.run_dir) if adapter is not None and adapter.run_dir else None,
-                  "overrides": list(cfg.get("overrides") or []), "seconds": time.perf_counter() - started,
+                  "overrides": list(cfg.overrides), "seconds": time.perf_counter() - started,
                   "phases": timings}
         (tmp / RECORD).write_text(json.dumps(record, indent=1, ensure_ascii=False))
         if out.exists():
@@ -168,7 +170,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     ident = ckpt.ident
     result: dict[str, Any] = {"out": str(out), "model_id": loaded.model_id, "step": step,
                               "adapter": record["adapter"], "accuracy": ckpt.accuracy,
-                              "probe": train["neurons"].get("probe", "responses"),
+                              "probe": train.neurons.probe,
                               "probe_tokens": dict(zip(ckpt.stats.langs, ckpt.stats.tokens.tolist())),
                               "seconds": round(time.perf_counter() - started, 1),
                               "phases": {k: round(v, 1) for k, v in timings.items()}, "notes": ckpt.notes}
@@ -182,10 +184,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _label(cfg: Mapping[str, Any], train: Mapping[str, Any], adapter: AdapterSource | None, step: int) -> str:
-    if cfg.get("label"):
-        return str(cfg["label"])
-    preset = train["model"].get("preset", "model")
+def _label(cfg: ProbeSettings, adapter: AdapterSource | None, step: int) -> str:
+    if cfg.label:
+        return cfg.label
+    preset = cfg.config.model.preset
     if adapter is None:
         return f"{preset} base"
     where = adapter.run_dir.name if adapter.run_dir is not None else adapter.path.name

@@ -152,14 +152,14 @@ def log_to_wandb(mode: str, sections: Sequence[Section], runs: Sequence[Run], wr
     return results
 
 
-def finish(sections: Sequence[Section], runs: Sequence[Run], cfg: Mapping[str, Any], name: str, started: float,
+def finish(sections: Sequence[Section], runs: Sequence[Run], cfg: Any, name: str, started: float,
            mode: str = "off") -> dict[str, Any]:
-    """Write the sections where ``cfg["out"]`` says (nothing when null), log them as ``mode`` says, and return the
-    paths and notes for the command's JSON line."""
+    """Write the sections where ``cfg.out`` says (nothing when null), log them as ``mode`` says, and return the
+    paths and notes for the command's JSON line. ``cfg``: the subcommand's settings."""
     result: dict[str, Any] = {}
-    out = cfg.get("out")
+    out = cfg.out
     if out:
-        title = cfg.get("title") or f"langneurons {name}: " + ", ".join(r.label for r in runs)
+        title = cfg.title or f"langneurons {name}: " + ", ".join(r.label for r in runs)
         meta = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "sources": ", ".join(r.source for r in runs)}
         count = sum(len(s.figures) for s in sections)
@@ -170,7 +170,7 @@ def finish(sections: Sequence[Section], runs: Sequence[Run], cfg: Mapping[str, A
         if mode != "off":
             with phase(f"{name}: logging to W&B (wandb={mode})", chatty=True):
                 result["wandb"] = log_to_wandb(mode, sections, runs, written, Path(out),
-                                               {"analysis": name, **dict(cfg)}, title)
+                                               {"analysis": name, **cfg.dump()}, title)
     else:
         for s in sections:
             for item in s.figures:

@@ -93,19 +93,6 @@ class IdentifySettings:
     lam_eps: float = 1e-3
     given: frozenset[str] | None = field(default=None, compare=False)
 
-    @classmethod
-    def from_cfg(cls, cfg: Mapping[str, Any]) -> "IdentifySettings":
-        """From a subcommand config (the keys of conf/analyze/_sources.yaml); bad values are one-line errors.
-
-        ``cfg["given"]``, the keys the command line set (``analyze.py`` puts it there), says which settings were
-        given; without it, every setting ``cfg`` holds counts as given."""
-        values = {name: _setting(name, cfg.get(name, getattr(cls, name))) for name in IDENTIFY_KEYS}
-        if cfg.get("given") is None:
-            given = {name for name in IDENTIFY_KEYS if name in cfg}
-        else:
-            given = {str(key).split(".")[0] for key in cfg["given"]} & set(IDENTIFY_KEYS)
-        return cls(**values, given=frozenset(given))
-
     @property
     def explicit(self) -> frozenset[str]:
         """The settings given explicitly (see ``given``)."""

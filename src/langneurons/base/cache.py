@@ -23,7 +23,9 @@ from typing import Any, Iterator, Mapping
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from .. import filecache
+from .. import faults, filecache
+from ..errors import HarnessError
+from ..settings import ModelSettings, PretrainSettings
 from ..modeling import LoadedModel, build_tiny_model, build_tokenizer
 from . import corpus as corpus_mod
 from .pretrain import pretrain
@@ -38,49 +40,58 @@ _NOT_IN_KEY = ("enabled", "cache_dir", "log_every")
 _TOKENIZER_DOCS = 4000
 
 
-def tokenizer_documents(pre: Mapping[str, Any], template: str) -> list[corpus_mod.Document]:
+def tokenizer_documents(pre: PretrainSettings, template: str) -> list[corpus_mod.Document]:
     """What the tokenizer learns its merges from: the corpus with each language's weight raised to
     ``tokenizer_alpha`` (< 1 flattens the mix, as multilingual tokenizers upsample rare languages; 1 keeps it)."""
-    alpha = float(pre.get("tokenizer_alpha", 1.0))
-    mix = corpus_mod.check_mix(pre["corpus"]["mix"])
-    flat = {**pre["corpus"], "mix": {lang: w ** alpha for lang, w in mix.items() if w > 0}}
-    return corpus_mod.documents(flat, template, _TOKENIZER_DOCS, seed=int(pre["seed"]) + 1)
+    mix = corpus_mod.check_mix(pre.corpus.mix)
+    flat = pre.corpus.model_copy(update={"mix": {lang: w ** pre.tokenizer_alpha for lang, w in mix.items() if w > 0}})
+    return corpus_mod.documents(flat, template, _TOKENIZER_DOCS, seed=pre.seed + 1)
 
 
-def base_tokenizer(model_cfg: Mapping[str, Any]) -> PreTrainedTokenizerFast:
+def _tiny(model_cfg: "ModelSettings | Mapping[str, Any]") -> ModelSettings:
+    model_cfg = ModelSettings.of(model_cfg)
+    if model_cfg.pretrain is None:
+        raise HarnessError(f"model={model_cfg.preset} has no model.pretrain block: the tiny base is built from it "
+                           "(model=tiny)")
+    return model_cfg
+
+
+def base_tokenizer(model_cfg: "ModelSettings | Mapping[str, Any]") -> PreTrainedTokenizerFast:
     """The tiny model's tokenizer (the same for the pretrained and the random base), trained on
     :func:`tokenizer_documents` part by part: no merge may span a prompt and its answer, which TRL tokenizes
     joined while generation and the probes tokenize them apart."""
-    docs = tokenizer_documents(model_cfg["pretrain"], model_cfg["prompt_template"])
-    return build_tokenizer((part for d in docs for part in d.parts), int(model_cfg["vocab_size"]),
-                           split_digits=bool(model_cfg.get("split_digits", False)))
+    model_cfg = _tiny(model_cfg)
+    docs = tokenizer_documents(model_cfg.pretrain, model_cfg.prompt_template)
+    return build_tokenizer((part for d in docs for part in d.parts), model_cfg.vocab_size,
+                           split_digits=bool(model_cfg.split_digits))
 
 
-def key_material(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def key_material(model_cfg: "ModelSettings | Mapping[str, Any]") -> dict[str, Any]:
     """Everything the pretrained weights depend on, as plain JSON values."""
-    pre = dict(model_cfg["pretrain"])
-    template = model_cfg["prompt_template"]
+    model_cfg = _tiny(model_cfg)
+    pre = model_cfg.pretrain.dump()
+    template = model_cfg.prompt_template
     return {
         "build_version": BUILD_VERSION,
-        "arch": dict(model_cfg["arch"]),
-        "vocab_size": int(model_cfg["vocab_size"]),
-        "split_digits": bool(model_cfg.get("split_digits", False)),
+        "arch": dict(model_cfg.arch),
+        "vocab_size": model_cfg.vocab_size,
+        "split_digits": bool(model_cfg.split_digits),
         "prompt_template": template,
         "pretrain": {k: v for k, v in pre.items() if k not in _NOT_IN_KEY},
-        "texts": corpus_mod.fingerprint(pre["corpus"], template),
+        "texts": corpus_mod.fingerprint(model_cfg.pretrain.corpus, template),
         "versions": {lib: version(lib) for lib in ("torch", "transformers", "tokenizers")},
     }
 
 
-def cache_key(model_cfg: Mapping[str, Any]) -> str:
-    """The entry name of ``model_cfg``'s pretrained base: a short hash of :func:`key_material`."""
+def cache_key(model_cfg: "ModelSettings | Mapping[str, Any]") -> str:
+    """The entry name of the pretrained base ``model_cfg`` describes: a short hash of :func:`key_material`."""
     blob = json.dumps(key_material(model_cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cache_root(model_cfg: Mapping[str, Any]) -> Path:
+def cache_root(model_cfg: "ModelSettings | Mapping[str, Any]") -> Path:
     """The folder of the tiny base's cache entries (created)."""
-    return filecache.cache_root(model_cfg["pretrain"].get("cache_dir"), "the pretrained tiny base",
+    return filecache.cache_root(_tiny(model_cfg).pretrain.cache_dir, "the pretrained tiny base",
                                 "model.pretrain.cache_dir")
 
 
@@ -100,8 +111,9 @@ def load_entry(entry: Path) -> LoadedModel:
                        model_id=f"tiny-llama-{model.num_parameters()}-base-{entry.name[:8]}")
 
 
-def tiny_base(model_cfg: Mapping[str, Any], *, progress: bool = True) -> LoadedModel:
+def tiny_base(model_cfg: "ModelSettings | Mapping[str, Any]", *, progress: bool = True) -> LoadedModel:
     """The pretrained tiny base ``model_cfg`` describes: loaded from the cache, or built (once) and cached."""
+    model_cfg = _tiny(model_cfg)
     root = cache_root(model_cfg)
     key = cache_key(model_cfg)
     entry = root / key
@@ -112,29 +124,30 @@ def tiny_base(model_cfg: Mapping[str, Any], *, progress: bool = True) -> LoadedM
         if is_complete(entry):  # another process built it while this one waited
             log.info("tiny base: reusing the pretrained model another process just built, %s", entry)
             return load_entry(entry)
-        filecache.remove_stale_tmp(root)
+        filecache.remove_stale_tmp(root, key)  # and what a killed build of this entry left
         log.info("tiny base: pretraining it once for this configuration (a few minutes on a CPU; cached in %s)",
                  entry)
         build(model_cfg, entry, progress=progress)
     return load_entry(entry)
 
 
-def build(model_cfg: Mapping[str, Any], entry: Path, *, progress: bool = True) -> Path:
+def build(model_cfg: "ModelSettings | Mapping[str, Any]", entry: Path, *, progress: bool = True) -> Path:
     """Pretrain the base ``model_cfg`` describes and save it as cache entry ``entry`` (atomically)."""
-    pre = model_cfg["pretrain"]
+    model_cfg = _tiny(model_cfg)
+    pre = model_cfg.pretrain
     tmp = filecache.tmp_sibling(entry)
     try:
         started = time.perf_counter()
-        steps, batch_size = int(pre["steps"]), int(pre["batch_size"])
-        docs = corpus_mod.documents(pre["corpus"], model_cfg["prompt_template"], steps * batch_size,
-                                    seed=int(pre["seed"]))
+        steps, batch_size = pre.steps, pre.batch_size
+        docs = corpus_mod.documents(pre.corpus, model_cfg.prompt_template, steps * batch_size, seed=pre.seed)
         tokenizer = base_tokenizer(model_cfg)
-        model = build_tiny_model(model_cfg["arch"], tokenizer, seed=int(pre["seed"]))
-        with torch.random.fork_rng(devices=[]), _threads(pre.get("threads")):
-            torch.manual_seed(int(pre["seed"]))
+        model = build_tiny_model(model_cfg.arch, tokenizer, seed=pre.seed)
+        with torch.random.fork_rng(devices=[]), _threads(pre.threads):
+            torch.manual_seed(pre.seed)
             report = pretrain(model, tokenizer, docs, pre, progress=progress)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        faults.reach("base.save", tmp)
         manifest = {"key": entry.name, "material": key_material(model_cfg), "report": report.to_dict(),
                     "build_seconds": round(time.perf_counter() - started, 2)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from .. import languages
 from ..data import synthetic
 from ..errors import HarnessError
+from ..settings import CorpusSettings
 from ..prompts import format_number, format_prompt, format_response
 
 # Document kinds: a question in the prompt template followed by its gold response (what evaluation asks of the
@@ -68,25 +69,24 @@ def check_mix(mix: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def documents(corpus: Mapping[str, Any], template: str, n: int, seed: int) -> list[Document]:
-    """``n`` pretraining documents drawn as ``corpus`` describes; a pure function of its arguments.
-
-    ``corpus`` keys: ``seed`` (problem set), ``offset`` (first problem id), ``mix`` ({lang: weight}),
-    ``equations`` (share of bare-equation documents), ``holdout`` ({offset, n}: problems never used).
-    ``seed`` orders the draw of languages and kinds.
+def documents(corpus: "CorpusSettings | Mapping[str, Any]", template: str, n: int, seed: int) -> list[Document]:
+    """``n`` pretraining documents drawn as ``corpus`` (``model.pretrain.corpus``) describes; a pure function of its
+    arguments: ``seed`` (problem set), ``offset`` (first problem id), ``mix`` ({lang: weight}), ``equations`` (share
+    of bare-equation documents), ``holdout`` ({offset, n}: problems never used). ``seed`` orders the draw of
+    languages and kinds.
     """
-    mix = check_mix(corpus["mix"])
-    share = float(corpus.get("equations", 0.0))
+    corpus = CorpusSettings.of(corpus)
+    mix = check_mix(corpus.mix)
+    share = corpus.equations
     if not 0.0 <= share < 1.0:
         raise HarnessError(f"model.pretrain.corpus.equations={share}: a share in [0, 1)")
-    data_seed = int(corpus.get("seed", 0))
-    holdout = corpus.get("holdout") or {}
-    skip = held_out_keys(data_seed, int(holdout.get("offset", 0)), int(holdout.get("n", 0)))
+    data_seed = corpus.seed
+    skip = held_out_keys(data_seed, corpus.holdout.offset, corpus.holdout.n)
     rng = random.Random(f"langneurons-pretrain/{seed}")
     langs: Sequence[str] = list(mix)
     weights = [mix[lang] for lang in langs]
     out: list[Document] = []
-    pid = int(corpus.get("offset", 0))
+    pid = corpus.offset
     while len(out) < n:
         p = synthetic.problem(data_seed, pid)
         pid += 1
@@ -102,11 +102,12 @@ def documents(corpus: Mapping[str, Any], template: str, n: int, seed: int) -> li
     return out
 
 
-def fingerprint(corpus: Mapping[str, Any], template: str) -> str:
+def fingerprint(corpus: "CorpusSettings | Mapping[str, Any]", template: str) -> str:
     """A hash of how the corpus renders: one problem of every operation in every language of the mix, and an
     equation. It changes when the generated texts, the prompt template or the answer format change."""
+    corpus = CorpusSettings.of(corpus)
     digest = hashlib.sha256()
-    seed, pid = int(corpus.get("seed", 0)), int(corpus.get("offset", 0))
+    seed, pid = corpus.seed, corpus.offset
     samples: dict[str, synthetic.Problem] = {}
     while len(samples) < len(synthetic.OPS):
         p = synthetic.problem(seed, pid)
@@ -115,7 +116,7 @@ def fingerprint(corpus: Mapping[str, Any], template: str) -> str:
     for op in synthetic.OPS:
         p = samples[op]
         digest.update(f"{synthetic.expression(p)} = {format_number(p.answer)}.".encode())
-        for lang in check_mix(corpus["mix"]):
+        for lang in check_mix(corpus.mix):
             digest.update(format_prompt(synthetic.render_question(p, lang), lang, template).encode())
             digest.update(format_response(p.answer, lang, synthetic.expression(p)).encode())
     return digest.hexdigest()[:16]

@@ -17,7 +17,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .. import faults
 from ..console import interactive
+from ..settings import PretrainSettings
 from .corpus import Document
 
 log = logging.getLogger(__name__)
@@ -70,23 +72,22 @@ def lr_factor(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def pretrain(model: torch.nn.Module, tokenizer: Any, docs: Sequence[Document], cfg: Mapping[str, Any], *,
-             progress: bool = True, on_step: Callable[[int], None] | None = None) -> PretrainReport:
-    """Train ``model`` in place for ``cfg["steps"]`` steps of ``cfg["batch_size"]`` documents (every document
-    used once: ``len(docs)`` must be ``steps * batch_size``), next-token loss on every document token.
-
-    ``cfg`` keys: steps, batch_size, lr, warmup_steps, weight_decay, max_length, seed, log_every.
-    """
-    steps, batch_size = int(cfg["steps"]), int(cfg["batch_size"])
-    max_length = int(cfg["max_length"])
+def pretrain(model: torch.nn.Module, tokenizer: Any, docs: Sequence[Document],
+             cfg: "PretrainSettings | Mapping[str, Any]", *, progress: bool = True,
+             on_step: Callable[[int], None] | None = None, log_every: int = 50) -> PretrainReport:
+    """Train ``model`` in place for ``cfg.steps`` steps of ``cfg.batch_size`` documents (every document used once:
+    ``len(docs)`` must be ``steps * batch_size``), next-token loss on every document token; the loss is logged every
+    ``log_every`` steps. ``cfg``: ``model.pretrain``."""
+    cfg = PretrainSettings.of(cfg)
+    steps, batch_size = cfg.steps, cfg.batch_size
+    max_length = cfg.max_length
     ids = tokenize(tokenizer, docs, max_length)
-    rng = random.Random(f"langneurons-pretrain-order/{cfg['seed']}")
+    rng = random.Random(f"langneurons-pretrain-order/{cfg.seed}")
     batches = _batches([len(s) for s in ids], batch_size, rng)[:steps]
-    lr = float(cfg["lr"])
-    warmup = int(cfg.get("warmup_steps", 0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98),
-                                  weight_decay=float(cfg.get("weight_decay", 0.0)))
-    log_every = max(1, int(cfg.get("log_every", 50)))
+    lr = cfg.lr
+    warmup = cfg.warmup_steps
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    log_every = max(1, int(log_every))
     pad = tokenizer.pad_token_id
     losses: list[float] = []
     tail: list[float] = []
@@ -97,6 +98,7 @@ def pretrain(model: torch.nn.Module, tokenizer: Any, docs: Sequence[Document], c
                dynamic_ncols=True)
     every_tenth = max(1, steps // 10) if progress and not interactive() else 0  # a line each, for log files
     for step, batch in enumerate(bar):
+        faults.reach("base.pretrain")
         width = max(len(ids[i]) for i in batch)
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .. import faults
 from ..errors import DataError
 from .mapo import PairSet
 
@@ -79,6 +80,7 @@ def save(cache_dir: str | Path, key: str, parts: Mapping[str, Any], pairs: PairS
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         write(tmp, pairs, {"key": key, "parts": parts})
+        faults.reach("pairs.save", tmp)
         try:
             os.rename(tmp, folder)
         except OSError:

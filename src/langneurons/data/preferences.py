@@ -52,19 +52,28 @@ def load_jsonl(path: str | Path, fields: Sequence[str]) -> Dataset:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"training file {file} does not exist: give a JSON Lines file with fields {', '.join(fields)}")
+    from .problems import numbered_lines
+
     rows = []
-    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, line in numbered_lines(file):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{file}:{lineno}: not a JSON line ({e.msg})") from None
+            raise DataError(f"{file} line {lineno}: not a JSON line ({e.msg} at column {e.colno}); every line is one "
+                            f"JSON object with fields {', '.join(fields)}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{file} line {lineno}: expected a JSON object with fields {', '.join(fields)}, got a "
+                            f"{type(row).__name__}")
         missing = [f for f in fields if not isinstance(row.get(f), str)]
         if missing:
-            raise DataError(f"{file}:{lineno}: missing text field(s) {', '.join(missing)}; every row needs "
-                            f"{', '.join(fields)}")
+            raise DataError(f"{file} line {lineno}: missing text field{'s' * (len(missing) > 1)} "
+                            f"{', '.join(missing)}; every row needs {', '.join(fields)} (texts)")
         rows.append(row)
     if not rows:
-        raise DataError(f"training file {file} has no rows")
-    return Dataset.from_list(rows)
+        raise DataError(f"training file {file} has no rows: give a JSON Lines file with fields {', '.join(fields)}")
+    try:
+        return Dataset.from_list(rows)
+    except (TypeError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowTypeError are ValueError / TypeError
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise DataError(f"training file {file}: its rows do not form one table ({reason}); give every row the same "
+                        "fields with the same types") from None

@@ -32,31 +32,26 @@ HUB_IDS = {"mgsm": "juletxara/mgsm", "msvamp": "Mathoctopus/MSVAMP"}
 FEWSHOT_OFFSET = 900000
 
 
-def load_problems(spec: Mapping[str, Any], langs: Sequence[str],
+def load_problems(spec: "ProblemSettings | Mapping[str, Any]", langs: Sequence[str],
                   template: "str | PromptFormat" = "mathoctopus") -> dict[str, Dataset]:
-    """Load the problem set described by ``spec`` for each language in ``langs``, prompts in ``template`` (a format
-    name, or a :class:`PromptFormat` bound to the model's tokenizer for ``chat``).
-
-    ``spec`` keys: ``source`` (synthetic | mgsm | msvamp); ``path`` (a local folder or a hub id, for mgsm/msvamp);
-    ``n`` (rows to keep, all when null); ``offset`` (first row id); ``seed`` (generated sets only).
+    """Load the problem set described by ``spec`` (:class:`settings.ProblemSettings`, or its complete mapping) for
+    each language in ``langs``, prompts in ``template`` (a format name, or a :class:`PromptFormat` bound to the
+    model's tokenizer for ``chat``): ``source`` (synthetic | mgsm | msvamp); ``path`` (a local folder or a hub id,
+    for mgsm/msvamp); ``n`` (rows to keep, all when null); ``offset`` (first row id); ``seed`` (generated sets).
     """
-    source = spec.get("source", "synthetic")
-    n = spec.get("n")
-    offset = int(spec.get("offset") or 0)
+    from ..settings import ProblemSettings
+
+    spec = ProblemSettings.of(spec)
+    source, n, offset = spec.source, spec.n, spec.offset
     if source == "synthetic":
-        if n is None:
-            raise DataError("the generated problem set needs a size: set n (e.g. data.n=32)")
-        rows = {lang: _synthetic_rows(int(spec.get("seed", 0)), offset, int(n), lang) for lang in langs}
-    elif source in ("mgsm", "msvamp"):
-        path = spec.get("path") or HUB_IDS[source]
+        rows = {lang: _synthetic_rows(spec.seed, offset, int(n), lang) for lang in langs}
+    else:
         reader = _read_mgsm if source == "mgsm" else _read_msvamp
         rows = {}
         for lang in langs:
-            pairs = reader(str(path), lang)
+            pairs = reader(spec.path or HUB_IDS[source], lang)  # null: the hub copy
             end = len(pairs) if n is None else min(len(pairs), offset + int(n))
             rows[lang] = [_row(i, lang, q, a) for i, (q, a) in enumerate(pairs)][offset:end]
-    else:
-        raise DataError(f"unknown problem source {source!r}: use one of {', '.join(SOURCES)}")
     for lang, lang_rows in rows.items():
         if not lang_rows:
             raise DataError(f"the {source} problem set has no rows for {lang!r} (n={n}, offset={offset}): "
@@ -99,23 +94,59 @@ def _synthetic_rows(seed: int, offset: int, n: int, lang: str) -> list[dict[str,
     return out
 
 
+def _local_folder(path: str, what: str, holds: str) -> Path | None:
+    """``path`` as a local folder of ``what`` files, None when it is a hub id; a path that names no folder (it does
+    not exist, or is a file) is a :class:`DataError` naming it, not a hub lookup that fails later and less clearly."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise DataError(f"{what} path {path} is a file, not a folder: give the folder holding {holds}")
+    if path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path:  # a path, not an org/name hub id
+        raise DataError(f"{what} folder {path} does not exist: give the folder holding {holds}, or the hub id "
+                        f"{HUB_IDS[what.lower()]}")
+    return None
+
+
+def numbered_lines(file: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of a local data file with their line numbers (from 1); an unreadable file or a line that
+    is not UTF-8 is a :class:`DataError` naming the file (and the line)."""
+    try:
+        raw = file.read_bytes()
+    except OSError as e:
+        raise DataError(f"{file} cannot be read ({e.strerror or type(e).__name__}): make it readable "
+                        f"(chmod a+r {file}) or give another one") from None
+    out = []
+    for lineno, chunk in enumerate(raw.split(b"\n"), 1):
+        try:
+            line = chunk.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{file} line {lineno}: not UTF-8 text (byte 0x{chunk[e.start]:02x}, the line's byte "
+                            f"{e.start + 1}): save the file as UTF-8") from None
+        if line.strip():
+            out.append((lineno, line))
+    return out
+
+
 def _read_mgsm(path: str, lang: str) -> list[tuple[str, float]]:
     info = languages.get(lang)
     if info.mgsm_file is None:
         raise DataError(f"MGSM has no {info.name} ({lang}) split")
-    folder = Path(path)
-    if folder.is_dir():
+    folder = _local_folder(path, "MGSM", "mgsm_<lang>.tsv files")
+    if folder is not None:
         file = folder / info.mgsm_file
         if not file.is_file():
             raise DataError(f"MGSM file {file} is missing: the folder must hold mgsm_<lang>.tsv for every language asked")
         pairs = []
-        for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
+        for lineno, line in numbered_lines(file):
             question, sep, raw = line.rpartition("\t")
-            number = parse_number(raw) if sep else None
-            if number is None:
-                raise DataError(f"{file}:{lineno}: expected 'question<TAB>number', got {line[:60]!r}")
+            if not sep:
+                raise DataError(f"{file} line {lineno}: expected 2 tab-separated fields (question, answer), got 1: "
+                                f"{line[:60]!r}")
+            number = parse_number(raw)
+            if number is None or not question.strip():
+                what = f"the answer {raw[:30]!r} is not a number" if number is None else "the question is empty"
+                raise DataError(f"{file} line {lineno}: {what}; each line is <question><TAB><number>")
             pairs.append((question, number))
         return pairs
     hub = _load_hub(path, "MGSM", name=lang, split="test")
@@ -126,26 +157,35 @@ def _read_msvamp(path: str, lang: str) -> list[tuple[str, float]]:
     info = languages.get(lang)
     if info.msvamp_file is None:
         raise DataError(f"MSVAMP has no {info.name} ({lang}) split")
-    folder = Path(path)
-    if folder.is_dir():
+    folder = _local_folder(path, "MSVAMP", "test_<Language>.json files")
+    if folder is not None:
         file = folder / info.msvamp_file
         if not file.is_file():
             raise DataError(f"MSVAMP file {file} is missing: the folder must hold test_<Language>.json for every "
                             "language asked")
         records = []
-        for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{file}:{lineno}: not a JSON line ({e.msg})") from None
+        for lineno, line in numbered_lines(file):
+            try:
+                records.append((f"{file} line {lineno}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{file} line {lineno}: not a JSON line ({e.msg} at column {e.colno}); each line "
+                                "is one JSON object with m_query and response") from None
     else:
-        records = list(_load_hub(path, "MSVAMP", data_files=info.msvamp_file, split="train"))
+        hub = _load_hub(path, "MSVAMP", data_files=info.msvamp_file, split="train")
+        records = [(f"MSVAMP {path} ({info.msvamp_file}) row {i}", r) for i, r in enumerate(hub)]
     pairs = []
-    for i, r in enumerate(records):
-        number = parse_number(str(r.get("response", "")))
-        if number is None or "m_query" not in r:
-            raise DataError(f"MSVAMP {lang} row {i}: expected fields m_query and a numeric response")
+    for where, r in records:
+        if not isinstance(r, dict):
+            raise DataError(f"{where}: expected a JSON object with m_query and response, got {type(r).__name__}")
+        missing = [k for k in ("m_query", "response") if k not in r]
+        if missing:
+            raise DataError(f"{where}: missing field {' and '.join(missing)}; each row needs m_query (the question) "
+                            "and response (the answer)")
+        number = parse_number(str(r["response"]))
+        if number is None or not isinstance(r["m_query"], str):
+            what = (f"response {str(r['response'])[:30]!r} is not a number" if number is None
+                    else "m_query is not a text")
+            raise DataError(f"{where}: {what}")
         pairs.append((r["m_query"], number))
     return pairs
 

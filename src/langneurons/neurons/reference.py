@@ -43,7 +43,9 @@ def _read_activation(path: Path) -> tuple[int, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DataError(f"cannot read {str(path)!r} ({type(exc).__name__}): not a reference activation file") from None
+        raise DataError(f"{path}: cannot be read as a reference activation file ({type(exc).__name__}: it is damaged "
+                        "or of another format): copy it again from the reference repository, or point at another "
+                        "folder") from None
     if not isinstance(data, dict) or "over_zero" not in data or "total_tokens" not in data:
         raise DataError(f"{str(path)!r} is not a reference activation file: expected keys total_tokens and over_zero")
     over_zero = data["over_zero"]
@@ -143,7 +145,11 @@ def load_reference_mask(path: str | os.PathLike) -> list[list[torch.Tensor]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no such mask file {str(path)!r}")
-    mask = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        mask = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged or foreign file
+        raise DataError(f"{path}: cannot be read as a reference mask ({type(exc).__name__}: it is damaged or of "
+                        "another format): write it again, or point at another file") from None
     ok = isinstance(mask, list) and all(
         isinstance(per_lang, list) and all(isinstance(t, torch.Tensor) for t in per_lang) for per_lang in mask
     )

@@ -120,9 +120,11 @@ class NeuronStats:
         """Read statistics written by :meth:`save`."""
         tensors, meta = storage.read_pair(directory, STEM, "stats")
         try:
-            return cls(tensors["counts"], tensors["tokens"], tuple(meta["langs"]), dict(meta.get("metadata", {})))
-        except KeyError as exc:
-            raise DataError(f"{str(directory)!r}: stats checkpoint lacks {exc}: re-create it") from None
+            return cls(tensors["counts"], tensors["tokens"], tuple(meta["langs"]), dict(meta.get("metadata") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            why = f"it lacks {exc}" if isinstance(exc, KeyError) else f"{exc}"
+            raise DataError(f"{directory}: the statistics folder is damaged ({why}): re-run the checkpoint (or "
+                            "analysis) that wrote it, or point at another folder") from None
 
     @staticmethod
     def is_saved(directory: str | os.PathLike) -> bool:

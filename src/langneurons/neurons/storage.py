@@ -80,21 +80,33 @@ def read_pair(directory: str | os.PathLike, stem: str, kind: str) -> tuple[dict[
         raise DataError(f"no such directory {str(directory)!r}: give a directory written by {kind} save()")
     if not json_path.is_file() or not st_path.is_file():
         raise DataError(f"{str(directory)!r} holds no {stem}.json + {stem}.safetensors: not a saved {kind} directory")
+    what = {"stats": "statistics", "identification": "identification"}.get(kind, kind)
+    fix = "re-run the checkpoint (or analysis) that wrote it, or point at another folder"
+
+    def damaged(why: str) -> DataError:
+        return DataError(f"{directory}: the {what} folder is damaged ({why}): {fix}")
+
     try:
-        meta = json.loads(json_path.read_text())
+        meta = json.loads(json_path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise DataError(f"{directory}: {stem}.json cannot be read ({exc.strerror or type(exc).__name__}): make it "
+                        "readable or point at another folder") from None
+    except UnicodeDecodeError:
+        raise damaged(f"{stem}.json is not text") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{str(json_path)!r} is not valid JSON ({exc.msg}): re-create the {kind} checkpoint") from None
+        raise damaged(f"{stem}.json is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(meta, dict):
+        raise damaged(f"{stem}.json holds a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != f"langneurons.{kind}":
-        raise DataError(f"{str(json_path)!r} has format {meta.get('format')!r}, expected 'langneurons.{kind}'")
+        raise DataError(f"{directory}: {stem}.json has format {meta.get('format')!r}, expected 'langneurons.{kind}': "
+                        f"not a {what} folder of this harness; point at another folder")
     try:
         with safe_open(str(st_path), framework="pt") as fh:
             st_meta = fh.metadata() or {}
             tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise DataError(f"{str(st_path)!r} is not a readable safetensors file ({exc}): re-create it") from None
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise damaged(f"{stem}.safetensors is not a readable safetensors file: {reason}") from None
     if st_meta.get("write_id") != meta.get("write_id"):
-        raise DataError(
-            f"{str(directory)!r} is half-written ({stem}.json and {stem}.safetensors come from different saves): "
-            "save it again"
-        )
+        raise damaged(f"{stem}.json and {stem}.safetensors come from different saves: half-written")
     return tensors, meta
