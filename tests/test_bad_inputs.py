@@ -179,6 +179,11 @@ CASES = [
     # combinations that cannot work
     train("loss-weights-one-for-two-losses", "alignment.loss_weights=[1.0]", "alignment.loss_weights"),
     train("lam-lo-above-lam-hi", "neurons.lam_lo=0.3 neurons.lam_hi=0.2", "neurons.lam_lo", "neurons.lam_hi"),
+    train("eval-steps-without-held-out-pairs", "alignment.eval_steps=5 alignment.eval_fraction=0",
+          "alignment.eval_steps", "alignment.eval_fraction"),
+    train("general-min-langs-above-probe-langs", "probe_langs=[en,sw] neurons.general_min_langs=3",
+          "neurons.general_min_langs", "3"),
+    train("language-the-data-set-lacks", "data=msvamp probe_langs=[en,te]", "msvamp", "te"),
     # languages
     train("lang-unknown", "lang=xx", "lang", "xx"),
     train("probe-langs-duplicate", "probe_langs=[en,en]", "probe_langs", "en"),

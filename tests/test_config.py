@@ -73,3 +73,22 @@ def test_cfg_job_prints_the_composed_config():
     assert out.returncode == 0, out.stderr
     cfg = OmegaConf.create(out.stdout)
     assert cfg.model.preset == "qwen" and list(cfg.lang) == ["zh", "de"] and cfg.trainer.lora.r == 64
+
+
+REQUIRED = {"probe": ["out=x"], "identify": ["source=x"], "compare": ["before=x", "after=y"],
+            "deactivate": ["source=x"]}
+
+
+@pytest.mark.parametrize("name", ["probe", "identify", "report", "counts", "stages", "compare", "overlap",
+                                  "spontaneous", "deactivate"])
+def test_every_analysis_subcommand_parses_its_defaults_into_settings(name):
+    from langneurons.analysis.cli import compose_with_training, parse, SUBCOMMANDS, compose
+
+    conf = CONF / "analyze"
+    args = REQUIRED.get(name, ["runs=[x]"])
+    cfg = compose_with_training(conf, name, args) if SUBCOMMANDS[name].training_config else compose(conf, name, args)
+    from pydantic import ValidationError
+
+    settings = parse(name, cfg)
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.out = "elsewhere"

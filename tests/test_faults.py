@@ -324,3 +324,22 @@ def test_a_full_disk_while_the_adapter_is_saved_keeps_the_previous_one(tmp_path,
     assert neuron_steps(tmp_path) == [0, 2, 4, 6]
     latest = max(offline_runs(tmp_path / "wandb"), key=lambda r: r.name)
     assert inspect_summary(latest)["exit_code"] == 1
+
+
+def test_a_full_disk_while_the_trainer_saves_its_checkpoint_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    """The Trainer's own checkpoint (adapter, optimizer) is written by transformers: a full disk there is the same
+    one line, not a traceback."""
+    from transformers import Trainer
+
+    from conftest import composed
+    from langneurons.experiment import run_experiment
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "checkpoints"))
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", full)
+    overrides = [*SHORT, "neurons=off", "logger=none"]
+    with pytest.raises(HarnessError, match=r"^the disk is full \(No space left on device\) while writing a trainer "
+                                           r"checkpoint under .*checkpoints: the run stopped there") as err:
+        run_experiment(composed(*overrides), tmp_path, overrides=overrides)
+    assert "resume=" in str(err.value) and "\n" not in str(err.value)

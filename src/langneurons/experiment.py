@@ -314,7 +314,13 @@ def _run(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str], progre
                                 run_dir / "checkpoints", seed, report_to=["wandb"] if run is not None else [],
                                 callbacks=callbacks, eval_dataset=data.eval)
         progress.training = True
-        output = run_training(trainer, resume_from)
+        try:
+            output = run_training(trainer, resume_from)
+        except (OSError, RuntimeError) as e:  # the Trainer's own checkpoints (adapter, optimizer) on a full disk
+            error = disk_full(e, "a trainer checkpoint under", run_dir / "checkpoints", run_dir=run_dir)
+            if error is None:
+                raise
+            raise error from e
         adapter_dir = save_adapter(trainer, run_dir)
         exit_code = 0
     finally:

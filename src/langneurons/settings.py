@@ -645,7 +645,7 @@ class WandbSettings(Settings):
     backend: Literal["wandb"]
     project: Annotated[str, Field(min_length=1)]
     entity: str | None
-    mode: Literal["auto", "online", "offline", "disabled", "dryrun"]
+    mode: Literal["auto", "online", "offline", "disabled"]
     name: str | None
     group: str | None
     tags: Strings
