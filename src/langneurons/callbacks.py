@@ -32,7 +32,7 @@ from . import answer_language, console, evaluation, faults
 from .prompts import PromptFormat, prompt_format
 from .errors import HarnessError, disk_full
 from .metrics import load_math_accuracy
-from .settings import PROBES, EvalSettings, NeuronSettings
+from .settings import EvalSettings, NeuronSettings
 from .neurons import Identification, NeuronStats, collect_stats, layer_distribution, make_batches
 from .neurons.dynamics import lang_type_counts, overlap, transitions
 from .neurons.forward import all_reduce_sum, distributed_world, is_main_process

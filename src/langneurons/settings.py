@@ -27,12 +27,9 @@ from . import languages
 from .errors import HarnessError
 
 PROBES = ("responses", "gold", "text")
-ANSWER_LANG_MODES = ("off", "report", "require")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-PROBLEM_SOURCES = ("synthetic", "mgsm", "msvamp")
-IDENTIFY_METHODS = ("ternary", "lape")
 METHODS = ("mapo", "dpo", "sft", "qalign")
 
 # Types of the fields. Sequences come from YAML and the command line as lists: they are read into tuples.
@@ -206,12 +203,13 @@ class ProblemSettings(Settings):
     offset: NonNegative
     seed: NonNegative
 
-    @model_validator(mode="after")
-    def _check(self) -> "ProblemSettings":
-        if self.source == "synthetic" and self.n is None:
-            raise ValueError(f"{self.PREFIX}n=null: the generated problem set needs a size; set {self.PREFIX}n "
+    @field_validator("n")
+    @classmethod
+    def _size(cls, n: int | None, info: Any) -> int | None:
+        if n is None and info.data.get("source") == "synthetic":
+            raise ValueError("the generated problem set needs a size: give a number of problems per language "
                              "(e.g. 128)")
-        return self
+        return n
 
 
 # ---- model --------------------------------------------------------------------------------------------------------
@@ -505,7 +503,6 @@ class QalignSettings(_Alignment):
 
 AlignmentSettings = Annotated[Union[MapoSettings, DpoSettings, SftSettings, QalignSettings],
                               Field(discriminator="method")]
-PREFERENCE_METHODS = ("mapo", "dpo")  # trained with TRL's DPOTrainer; the others with its SFTTrainer
 
 
 # ---- MAPO's scorer ------------------------------------------------------------------------------------------------
@@ -618,10 +615,6 @@ class NeuronSettings(IdentificationSettings):
     @classmethod
     def _start_stats(cls, value: str | None) -> str | None:
         return _existing_path(value, "neurons.start_stats", "statistics folder")
-
-    @property
-    def identification(self) -> IdentificationSettings:
-        return IdentificationSettings(**{k: getattr(self, k) for k in self.IDENTIFY_KEYS})
 
 
 class EvalSettings(Settings):
@@ -741,15 +734,6 @@ class RunSettings(Settings):
             cfg = dict(cfg)
             cfg.pop("hydra", None)
         return super().from_config(cfg, "" if prefix is None else prefix)
-
-    @property
-    def aligned(self) -> tuple[str, ...]:
-        return self.lang
-
-
-def check_config(cfg: Mapping[str, Any]) -> RunSettings:
-    """The settings of a composed training config: one-line :class:`HarnessError` for the first bad value."""
-    return RunSettings.from_config(cfg)
 
 
 def _union(kind: Any, value: Any, prefix: str, what: str) -> Any:

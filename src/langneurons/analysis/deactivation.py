@@ -213,9 +213,9 @@ def load_probe_problems(run: Run, langs: Sequence[str], data: Mapping[str, Any] 
     format unless ``template`` names another (``tokenizer``: the model's, for the chat format)."""
     from ..data import load_problems
 
-    spec = dict(run.config.get("data") or {})
-    if data and data.get("source"):
-        spec = {k: v for k, v in data.items() if v is not None}
+    spec = dict(run.config.get("data") or {})  # the run's own (complete) data block
+    if data and data.get("source"):  # deactivation.data: source, path, seed, offset; n is the deactivation's
+        spec = {**{k: data.get(k) for k in ("source", "path", "seed", "offset")}, "n": n}
     if not spec:
         raise HarnessError(f"{run.label} has no run config to take its problems from: pass data.source=<synthetic|"
                            "mgsm|msvamp> (and data.path=...)")

@@ -91,8 +91,8 @@ class _Runs(_Analysis):
 class DeactivationData(Settings):
     source: Literal["synthetic", "mgsm", "msvamp"] | None
     path: str | None
-    seed: Annotated[int, Field(ge=0)] | None = None  # deactivate.yaml only
-    offset: Annotated[int, Field(ge=0)] | None = None
+    seed: Annotated[int, Field(ge=0)]
+    offset: Annotated[int, Field(ge=0)]
 
 
 class _Deactivation(Settings):
