@@ -92,3 +92,13 @@ def test_every_analysis_subcommand_parses_its_defaults_into_settings(name):
     settings = parse(name, cfg)
     with pytest.raises(ValidationError, match="frozen"):
         settings.out = "elsewhere"
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("alignment", options("alignment"))
+def test_every_preset_takes_every_alignment_method(model, alignment):
+    """A preset sets MAPO's sampling keys (gemma3_270m: alignment.max_new_tokens); with another method they are not
+    that method's keys, and the settings leave them out instead of refusing the run."""
+    settings = RunSettings.from_config(OmegaConf.to_container(composed(f"model={model}", f"alignment={alignment}"),
+                                                              resolve=True))
+    assert settings.alignment.method == alignment.replace("_paper", "")

@@ -667,6 +667,22 @@ def parse_languages(value: Any, key: str) -> tuple[str, ...]:
         raise ValueError(str(e)) from None
 
 
+def _own_keys(alignment: Any) -> Any:
+    """The alignment block without the keys of *other* methods. A model preset sets MAPO's sampling keys
+    (``alignment.max_new_tokens``, ``include_gold``), which merge into whatever method the command line picks
+    (``model=gemma3_270m alignment=dpo``); a user cannot add such a key without Hydra refusing it (no ``+``), so
+    they are a preset's, not a typo."""
+    if not isinstance(alignment, Mapping):
+        return alignment
+    members = {m.model_fields["method"].annotation.__args__[0]: m
+               for m in (MapoSettings, DpoSettings, SftSettings, QalignSettings)}
+    own = members.get(alignment.get("method"))
+    if own is None:
+        return alignment
+    others = {k for m in members.values() for k in m.model_fields} - set(own.model_fields)
+    return {k: v for k, v in alignment.items() if k not in others}
+
+
 def _in_problem_set(problems: ProblemSettings, langs: tuple[str, ...], key: str, which: str) -> None:
     """Every language of ``langs`` has problems in the set ``problems`` (MGSM and MSVAMP lack some)."""
     if problems.source == "synthetic":
@@ -730,9 +746,9 @@ class RunSettings(Settings):
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None, prefix: str | None = None) -> "RunSettings":
         if isinstance(cfg, Mapping):
-            # the blocks first, each naming its own keys (the run's keys are checked with them)
             cfg = dict(cfg)
             cfg.pop("hydra", None)
+            cfg["alignment"] = _own_keys(cfg.get("alignment"))
         return super().from_config(cfg, "" if prefix is None else prefix)
 
 
