@@ -89,8 +89,8 @@ def test_too_few_layers_or_bad_profiles_are_one_line_errors():
 
 
 def test_stages_of_the_released_mistral_mask_sit_near_the_papers(shared_data):
-    """The released mask (top_rate 0.01, lam 0.109375, bar 0.95): SCIENCE.md puts the stages near layers
-    0-4 / 5-17 / 18-29 / 30-31 of 32."""
+    """The released mask (top_rate 0.01, lam 0.109375, bar 0.95): docs/science.md (Stages of multilingual inference)
+    puts the stages near layers 0-4 / 5-17 / 18-29 / 30-31 of 32."""
     ref = shared_data / "reference-mistral-mgsm"
     out = subprocess.run([sys.executable, str(ROOT / "analyze.py"), "stages", f"runs=[{ref}]", "top_rate=0.01",
                           "lam=0.109375", "bar=0.95"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -29,7 +29,6 @@ from .prompts import PromptFormat, prompt_format
 from .scoring import build_scorer, scorer_identity
 from .settings import MapoSettings, TrainerSettings, alignment_settings, scorer_settings
 
-METHODS = ("dpo", "sft", "mapo", "qalign")
 TRAINERS = {"dpo": "dpo", "mapo": "dpo", "sft": "sft", "qalign": "sft"}  # the TRL trainer each method runs
 
 log = logging.getLogger(__name__)
@@ -68,13 +67,23 @@ def training_set(alignment: Any, langs: Sequence[str], template: "str | PromptFo
         translated = translation_langs(langs)
         problems = load_problems(alignment.questions, ["en", *translated], template)
         return TrainingSet(question_translation(problems, template, seed))
-    if method == "dpo" and alignment.pairs:
-        return TrainingSet(load_jsonl(alignment.pairs, ("prompt", "chosen", "rejected")))
-    if method == "sft" and alignment.examples:
-        return TrainingSet(load_jsonl(alignment.examples, ("prompt", "completion")))
+    given = user_training_set(alignment)
+    if given is not None:
+        return given
     problems = load_problems(alignment.questions, langs, template)
     sep = template.sep
     return TrainingSet(correctness_pairs(problems, seed, sep) if method == "dpo" else sft_examples(problems, seed, sep))
+
+
+def user_training_set(alignment: Any) -> TrainingSet | None:
+    """The user's own training file (``alignment.pairs`` for dpo, ``alignment.examples`` for sft), or None when the
+    method builds its set. Needs no model: a run reads it before the model loads, so a bad row fails at once."""
+    alignment = alignment_settings(alignment)
+    if alignment.method == "dpo" and alignment.pairs:
+        return TrainingSet(load_jsonl(alignment.pairs, ("prompt", "chosen", "rejected")))
+    if alignment.method == "sft" and alignment.examples:
+        return TrainingSet(load_jsonl(alignment.examples, ("prompt", "completion")))
+    return None
 
 
 # ---- MAPO ---------------------------------------------------------------------------------------------------------

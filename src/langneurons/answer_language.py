@@ -12,7 +12,7 @@ from typing import Sequence
 
 from .errors import HarnessError
 
-MODES = ("off", "report", "require")
+MODES = ("off", "report", "require")  # eval.answer_lang
 
 
 @lru_cache(maxsize=8)
@@ -37,9 +37,3 @@ def detect(texts: Sequence[str], candidates: Sequence[str]) -> list[str | None]:
 def in_language(texts: Sequence[str], lang: str, candidates: Sequence[str]) -> list[bool]:
     """Whether each text is written in ``lang`` rather than in one of the other ``candidates``."""
     return [found == lang for found in detect(texts, [*candidates, lang])]
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise HarnessError(f"unknown answer-language check {mode!r}: use eval.answer_lang=<{'|'.join(MODES)}>")
-    return mode

@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 
 from . import answer_language, console, evaluation, faults
 from .prompts import PromptFormat, prompt_format
-from .errors import HarnessError, disk_full
+from .errors import HarnessError, full_disk_is_one_line
 from .metrics import load_math_accuracy
 from .settings import EvalSettings, NeuronSettings
 from .neurons import Identification, NeuronStats, collect_stats, layer_distribution, make_batches
@@ -336,12 +336,10 @@ class NeuronCheckpointer:
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # a write that a kill cut short
         try:
-            return self._write(ckpt, tmp, final, written)
-        except BaseException as e:
+            with full_disk_is_one_line("the neuron checkpoint", final, run_dir=self.out_dir.parent):
+                return self._write(ckpt, tmp, final, written)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            error = disk_full(e, "the neuron checkpoint", final, run_dir=self.out_dir.parent)
-            if error is not None:
-                raise error from e
             raise
 
     def _write(self, ckpt: NeuronCheckpoint, tmp: Path, final: Path, written=None) -> Path:

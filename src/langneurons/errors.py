@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 class HarnessError(Exception):
@@ -45,6 +47,20 @@ def disk_full(exc: BaseException, what: str, path: str | os.PathLike,
     return HarnessError(f"{DISK_FULL[code]} ({os.strerror(code)}) while writing {what} {shown_path(path)}: the run "
                         f"stopped there. Free space on that disk{then}, or start it again on a disk with room "
                         "(hydra.run.dir=<a folder there>)")
+
+
+@contextmanager
+def full_disk_is_one_line(what: str, path: str | os.PathLike,
+                          run_dir: str | os.PathLike | None = None) -> Iterator[None]:
+    """A full disk (or quota) while the block writes ``what`` at ``path`` raised as :func:`disk_full`'s one-line
+    :class:`HarnessError`; any other error as it is."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        error = disk_full(e, what, path, run_dir=run_dir)
+        if error is None:
+            raise
+        raise error from e
 
 
 HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from . import console, distributed, faults, tracking
-from .alignment import build_trainer, training_set
+from .alignment import build_trainer, training_set, user_training_set
 from .callbacks import STEP_DIR, NeuronCheckpointCallback, NeuronCheckpointer, saved_steps
 from .data import load_problems
 from .data.problems import with_prompts
 from .data.synthetic import SYNTHETIC_LANGS
-from .errors import HarnessError, disk_full
+from .errors import HarnessError, full_disk_is_one_line
 from .modeling import LoadedModel, build_tiny_model, build_tokenizer, load_pretrained
 from .offline import OfflineCopy
 from .prompts import needs_tokenizer, prompt_format
@@ -136,16 +136,6 @@ def evaluation_problems(settings: RunSettings) -> dict[str, Any]:
                          name if not needs_tokenizer(name) else "plain")
 
 
-def check_training_file(settings: RunSettings) -> None:
-    """A user's training file (``alignment.pairs`` / ``alignment.examples``) read before the model loads: a bad row
-    (invalid JSON, a missing field on line N) fails at once."""
-    path = getattr(settings.alignment, "pairs", None) or getattr(settings.alignment, "examples", None)
-    if path:
-        from .data import load_jsonl
-
-        load_jsonl(path, ("prompt", "chosen", "rejected") if settings.alignment.method == "dpo"
-                   else ("prompt", "completion"))
-
 
 def in_model_format(problems: Mapping[str, Any], name: str, tokenizer: Any) -> tuple[Any, dict[str, Any]]:
     """The prompt format ``name`` bound to the model's tokenizer, and ``problems`` with their prompts in it."""
@@ -227,14 +217,12 @@ def save_adapter(trainer: Any, run_dir: Path) -> Path:
     if distributed.is_rank_zero():
         shutil.rmtree(tmp, ignore_errors=True)  # a save that a kill cut short
     try:
-        trainer.save_model(str(tmp))  # every rank: under FSDP / ZeRO-3 saving gathers the weights; rank 0 writes
-        faults.reach("adapter.save", tmp)
-    except BaseException as e:
+        with full_disk_is_one_line("the adapter", adapter_dir, run_dir=run_dir):
+            trainer.save_model(str(tmp))  # every rank: under FSDP / ZeRO-3 saving gathers the weights; rank 0 writes
+            faults.reach("adapter.save", tmp)
+    except BaseException:
         if distributed.is_rank_zero():
             shutil.rmtree(tmp, ignore_errors=True)
-        error = disk_full(e, "the adapter", adapter_dir, run_dir=run_dir)
-        if error is not None:
-            raise error from e
         raise
     if distributed.is_rank_zero():
         if adapter_dir.exists():
@@ -267,7 +255,7 @@ def _run(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str], progre
     set_seed(seed)
     aligned, probe, evaluated = settings.lang, settings.probe_langs, settings.eval_langs
     eval_problems = evaluation_problems(settings)
-    check_training_file(settings)
+    given = user_training_set(settings.alignment)  # a user's file: read before the model loads
     base_dir = run_dir / "base_model"
     if resume_from is not None and base_dir.is_dir():  # the very base the run started from
         loaded = load_pretrained(str(base_dir), dtype=settings.model.dtype)
@@ -281,8 +269,9 @@ def _run(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str], progre
         loaded.model.save_pretrained(run_dir / "base_model")
         loaded.tokenizer.save_pretrained(run_dir / "base_model")
     # MAPO samples answers from the policy, so the training set is built once the model is loaded.
-    data = training_set(settings.alignment, aligned, template, seed, policy=loaded, scorer=settings.scorer,
-                        out_dir=run_dir / "alignment", policy_from_config=settings.model.built)
+    data = given if given is not None else training_set(
+        settings.alignment, aligned, template, seed, policy=loaded, scorer=settings.scorer,
+        out_dir=run_dir / "alignment", policy_from_config=settings.model.built)
     train_set = data.train
 
     method = settings.alignment.method
@@ -314,13 +303,9 @@ def _run(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str], progre
                                 run_dir / "checkpoints", seed, report_to=["wandb"] if run is not None else [],
                                 callbacks=callbacks, eval_dataset=data.eval)
         progress.training = True
-        try:
+        # the Trainer's own checkpoints (adapter, optimizer) on a full disk
+        with full_disk_is_one_line("a trainer checkpoint under", run_dir / "checkpoints", run_dir=run_dir):
             output = run_training(trainer, resume_from)
-        except (OSError, RuntimeError) as e:  # the Trainer's own checkpoints (adapter, optimizer) on a full disk
-            error = disk_full(e, "a trainer checkpoint under", run_dir / "checkpoints", run_dir=run_dir)
-            if error is None:
-                raise
-            raise error from e
         adapter_dir = save_adapter(trainer, run_dir)
         exit_code = 0
     finally:

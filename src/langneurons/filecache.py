@@ -28,6 +28,13 @@ except ImportError:
     _HAVE_LOCKS = False
 
 
+def is_path(name: str) -> bool:
+    """Whether ``name`` (a model or data set named by the user) is a local path rather than an ``org/name`` hub id:
+    it starts like a path or has more than one slash. A path that does not exist is then the user's mistake, not a
+    hub lookup to try."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def cache_root(raw: str | os.PathLike | None, what: str, setting: str) -> Path:
     """The folder ``raw`` names (``~`` and ``$VARS`` expanded), created; a one-line error naming ``setting`` when it
     is empty or cannot be created."""

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .errors import ModelLoadError
+from .filecache import is_path
 from .offline import OfflineCopy, converted_folder
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,17 @@ class LoadedModel:
     model_id: str  # what the statistics and W&B record as the model's identity
 
 
+_TORCH_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                 "fp16": torch.float16, "float16": torch.float16}
+DTYPES = ("auto", *_TORCH_DTYPES)  # model.dtype, scorer.dtype
+
+
 def resolve_dtype(name: str | None) -> torch.dtype:
     """``auto`` is bf16 on a GPU that supports it, else float32 (CPUs train tiny models in float32)."""
     if name in (None, "auto"):
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
     try:
-        return table[name]
+        return _TORCH_DTYPES[name]
     except KeyError:
         raise ModelLoadError(f"unknown dtype {name!r}: use auto, fp32, bf16 or fp16") from None
 
@@ -95,7 +99,7 @@ def load_pretrained(name_or_path: str, dtype: str | None = "auto", revision: str
     if path.is_dir():
         check_model_folder(path)
         return _load(str(path), torch_dtype, kwargs, source=f"local folder {path}")
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:  # a path, not an org/name hub id
+    if is_path(name_or_path):
         raise ModelLoadError(
             f"model {name_or_path!r}: no such local folder; pass model.name_or_path=<folder with config.json and "
             "weights> or a hub id such as meta-llama/Llama-3.1-8B-Instruct"

@@ -25,10 +25,10 @@ import torch
 
 from . import languages
 from .errors import HarnessError, ModelLoadError
+from .filecache import is_path
 from .prompts import all_numbers, last_number
 from .settings import scorer_settings
 
-KINDS = ("translation", "correctness", "numbers")
 TOLERANCE = 1e-3  # MAPO's: a final number within 1e-3 of the gold number is correct
 TARGET_LANG = "en"
 
@@ -232,7 +232,7 @@ def load_seq2seq(name_or_path: str, revision: str | None = None, dtype: str | No
     try:
         if path.is_dir():
             return load(str(path))
-        if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        if is_path(name_or_path):
             raise ModelLoadError(f"scorer model {name_or_path!r}: no such local folder; {fix}")
         try:
             return load(name_or_path, local_files_only=True)

@@ -24,13 +24,17 @@ from typing import Annotated, Any, ClassVar, Literal, Mapping, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import languages
+from .answer_language import MODES as ANSWER_LANG_MODES
 from .errors import HarnessError
+from .modeling import DTYPES
+from .neurons.identify import METHODS as IDENTIFY_METHODS
 
+# The choices of the config this module is the home of (modules that act on them import them from here).
 PROBES = ("responses", "gold", "text")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-METHODS = ("mapo", "dpo", "sft", "qalign")
+PROBLEM_SOURCES = ("synthetic", "mgsm", "msvamp")
+SAMPLERS = ("hf", "vllm")
 
 # Types of the fields. Sequences come from YAML and the command line as lists: they are read into tuples.
 Count = Annotated[int, Field(ge=1)]
@@ -86,8 +90,6 @@ def _show(value: Any) -> str:
 
 
 _MESSAGES = {
-    "missing": "missing from the config (the YAML of its group defines it)",
-    "extra_forbidden": "unknown config key",
     "int_type": "must be a whole number",
     "int_parsing": "must be a whole number",
     "int_from_float": "must be a whole number",
@@ -102,82 +104,73 @@ _MESSAGES = {
 }
 
 
-def describe(error: ValidationError, cls: type[Settings], prefix: str) -> str:
-    """The one line for the first problem pydantic found: ``<key>=<value>: <what is wrong>; <what it takes>``."""
+def describe(error: ValidationError, owner: Any, prefix: str) -> str:
+    """The one line for the first problem pydantic found: ``<key>=<value>: <what is wrong>; <what it takes>``.
+    ``owner``: the settings class validated (or the members of a tagged union)."""
     first = error.errors(include_url=False)[0]
-    loc = [str(part) for part in first["loc"] if not _is_union_tag(part)]
+    loc, field, block = _walk(owner, first["loc"])
     if first["type"] in ("union_tag_invalid", "union_tag_not_found"):  # a group's choice key (scorer.kind, ...)
         tag = str(first["ctx"].get("discriminator", "")).strip("'")
         loc = [*loc, tag]
         if first["type"] == "union_tag_invalid":
             expected = str(first["ctx"].get("expected_tags", "")).replace("'", "")
             return f"{prefix}{'.'.join(loc)}={_show(first['ctx'].get('tag'))}: unknown choice; use one of {expected}"
+    key = prefix + ".".join(loc)
     if first["type"] in ("missing", "union_tag_not_found"):
-        key = prefix + ".".join(loc)
         return (f"{key} is missing from the config: add it (its group's YAML under conf/ defines it); "
                 "python train.py --cfg job prints the composed config")
     if first["type"] == "extra_forbidden":
-        key = prefix + ".".join(loc)
         return (f"unknown config key {key!r}: remove it (python train.py --cfg job [group=option ...] prints every "
                 "key)")
     if first["type"] == "value_error":  # a validator's own message, already phrased for the user
         message = str(first["ctx"]["error"]) if "ctx" in first else first["msg"]
-        if not loc or (isinstance(first["input"], Mapping) and not _plain_field(cls, loc)):
+        if not loc or block:
             return message  # a check of a whole block names its keys itself (a dict-valued key does not)
-        return f"{prefix}{'.'.join(loc)}={_show(first['input'])}: {message}"
-    key = prefix + ".".join(loc)
+        return f"{key}={_show(first['input'])}: {message}"
     if first["type"] == "literal_error":
         choices = first["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
         return f"{key}={_show(first['input'])}: unknown choice; use one of {choices}"
     what = _MESSAGES.get(first["type"])
     if what is None:
         what = first["msg"][0].lower() + first["msg"][1:]
-        what = what.replace("input should be", "must be").replace("Input should be", "must be")
-    hint = _hint(cls, loc)
+        what = what.replace("input should be", "must be")
+    hint = field[0].HINTS.get(field[1], "") if field else ""
     return f"{key}={_show(first['input'])}: {what}" + (f"; {hint}" if hint else "")
 
 
-_UNION_TAGS = (*METHODS, "translation", "numbers", "correctness", "wandb", "none")
+def _walk(owner: Any, loc: tuple) -> tuple[list[str], tuple[type, str] | None, bool]:
+    """An error's location as config keys: (the keys, (the class, field) of the last key that is a field, whether
+    the error is about a whole block of settings). pydantic puts the branch a union took into the location (the
+    method ``mapo``, ``constrained-int``, ``literal['auto']``): those parts are not keys and are left out."""
+    owners = list(owner) if isinstance(owner, (tuple, list)) else [owner]
+    tag_next = len(owners) > 1  # a union of settings: its branch's tag comes next
+    keys: list[str] = []
+    field = None
+    block = True
+    for part in loc:
+        hit = next((o for o in owners if part in o.model_fields), None)
+        if hit is not None:
+            keys.append(str(part))
+            field = (hit, str(part))
+            owners = _settings_types(hit.model_fields[part].annotation)
+            tag_next, block = len(owners) > 1, bool(owners)
+        elif tag_next or (not owners and _branch_name(part)):
+            tag_next = False  # the branch a union took: its tag (mapo), or a plain type's (constrained-int)
+        else:
+            keys.append(str(part))  # a key the block does not have, or inside a plain value (a dict's key)
+            owners, block = [], False
+    return keys, field, block
 
 
-def _is_union_tag(part: Any) -> bool:
-    """pydantic names the branch of a union in an error's location ('mapo', 'constrained-int', 'literal['auto']'):
-    not a key of the config."""
-    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part or part.startswith(("constrained-", "function-"))
+def _branch_name(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part.startswith(("constrained-", "function-"))
                                       or part in ("int", "float", "str", "bool", "none"))
 
 
-def _hint(cls: type[Settings], loc: list[str]) -> str:
-    """The hint of the field at ``loc`` (following nested settings)."""
-    owner: Any = cls
-    for part in loc:
-        fields = getattr(owner, "model_fields", None)
-        if not fields or part not in fields:
-            return ""
-        if part == loc[-1] or owner is None:
-            return owner.HINTS.get(part, "")
-        owner = _settings_type(fields[part].annotation)
-    return ""
-
-
-def _plain_field(cls: type[Settings], loc: list[str]) -> bool:
-    """``loc`` names a field that is not a block of settings (e.g. a dict of weights): its errors name it."""
-    owner: Any = cls
-    for part in loc:
-        fields = getattr(owner, "model_fields", None)
-        if not fields or part not in fields:
-            return False
-        owner = _settings_type(fields[part].annotation)
-        if owner is None:
-            return True
-    return False
-
-
-def _settings_type(annotation: Any) -> Any:
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(candidate, type) and issubclass(candidate, Settings):
-            return candidate
-    return None
+def _settings_types(annotation: Any) -> list[type]:
+    """The settings classes a field holds: its own, or the members of a union of them."""
+    return [c for c in (annotation, *getattr(annotation, "__args__", ()))
+            if isinstance(c, type) and issubclass(c, Settings)]
 
 
 def _existing_path(value: str | None, key: str, what: str) -> str | None:
@@ -192,12 +185,11 @@ class ProblemSettings(Settings):
 
     PREFIX: ClassVar[str] = "data."
     HINTS: ClassVar[dict[str, str]] = {
-        "source": "one of synthetic, mgsm, msvamp (data=<source>)",
         "n": "problems per language, >= 1, or null for all of the set",
         "offset": "the first problem's index, >= 0",
         "seed": "the generated set's seed, >= 0",
     }
-    source: Literal["synthetic", "mgsm", "msvamp"]
+    source: Literal[PROBLEM_SOURCES]
     path: str | None
     n: Count | None
     offset: NonNegative
@@ -274,14 +266,13 @@ class OfflineSettings(Settings):
 class ModelSettings(Settings):
     PREFIX: ClassVar[str] = "model."
     HINTS: ClassVar[dict[str, str]] = {
-        "dtype": f"one of {', '.join(DTYPES)}",
         "prompt_template": "a prompt format: plain, mathoctopus, fewshot or chat",
         "vocab_size": "the built tokenizer's vocabulary, >= 300",
     }
     preset: str
     name_or_path: str | None
     revision: str | None
-    dtype: Literal["auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"]
+    dtype: Literal[DTYPES]
     trust_remote_code: bool
     prompt_template: str
     # the built-in tiny model only (name_or_path null)
@@ -333,7 +324,6 @@ class TrainerSettings(Settings):
     HINTS: ClassVar[dict[str, str]] = {
         "max_steps": "the optimizer steps of the run, >= 1",
         "learning_rate": "a rate > 0, e.g. 1e-4",
-        "precision": f"one of {', '.join(PRECISIONS)}",
         "save_steps": "steps between trainer checkpoints, >= 0 (0: none)",
         "save_total_limit": "trainer checkpoints kept, >= 1, or null for all",
         "lr_scheduler_type": "a transformers scheduler name, e.g. linear, cosine, constant",
@@ -346,7 +336,7 @@ class TrainerSettings(Settings):
     warmup_steps: NonNegative
     weight_decay: Annotated[float, Field(ge=0)]
     max_length: Count
-    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    precision: Literal[PRECISIONS]
     gradient_checkpointing: bool
     logging_steps: Count
     save_steps: NonNegative
@@ -425,7 +415,7 @@ def _dpo_losses() -> tuple[str, ...]:
 class SamplingSettings(Settings):
     """How MAPO samples the policy's answers: the sampler and the pair cache key read this one object."""
 
-    sampler: Literal["hf", "vllm"]
+    sampler: Literal[SAMPLERS]
     k: Count
     temperature: Annotated[float, Field(gt=0)]
     top_p: Annotated[float, Field(gt=0, le=1)]
@@ -439,7 +429,6 @@ class MapoSettings(_Preference):
         "k": "answers sampled per question, >= 1",
         "temperature": "a sampling temperature > 0",
         "top_p": "a probability in (0, 1]",
-        "sampler": "hf or vllm",
         "include_gold": "true, false or auto",
         "eval_fraction": "the share of questions held out, in [0, 1)",
         "vllm_gpu_memory": "a share of GPU memory in (0, 1]",
@@ -449,7 +438,7 @@ class MapoSettings(_Preference):
     temperature: Annotated[float, Field(gt=0)]
     top_p: Annotated[float, Field(gt=0, le=1)]
     max_new_tokens: Count
-    sampler: Literal["hf", "vllm"]
+    sampler: Literal[SAMPLERS]
     sample_batch_size: Count
     vllm_gpu_memory: Annotated[float, Field(gt=0, le=1)]
     include_gold: bool | Literal["auto"]
@@ -511,7 +500,7 @@ class TranslationScorerSettings(Settings):
     kind: Literal["translation"]
     name_or_path: str | None
     revision: str | None
-    dtype: Literal["auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"]
+    dtype: Literal[DTYPES]
     batch_size: Count
     max_length: Count
     # the tiny translation model built from the config (name_or_path null) only
@@ -548,7 +537,6 @@ class IdentificationSettings(Settings):
 
     PREFIX: ClassVar[str] = "neurons."
     HINTS: ClassVar[dict[str, str]] = {
-        "method": "ternary (the paper) or lape",
         "top_rate": "the share of all layers x units selected, in (0, 1], e.g. 0.01",
         "lam": "a number >= 0 or auto (the search in [lam_lo, lam_hi])",
         "lam_lo": "the lam search's lower end, >= 0",
@@ -559,7 +547,7 @@ class IdentificationSettings(Settings):
         "general_bar": "a quantile in (0, 1), or null (bar)",
         "general_min_langs": "languages a general neuron is active in, >= 1, or null (all)",
     }
-    method: Literal["ternary", "lape"]
+    method: Literal[IDENTIFY_METHODS]
     top_rate: Annotated[float, Field(gt=0, le=1)]
     lam: Annotated[float, Field(ge=0)] | Literal["auto"]
     lam_lo: Annotated[float, Field(ge=0)]
@@ -581,12 +569,17 @@ class IdentificationSettings(Settings):
                                                 "filter_rate", "general_bar", "general_min_langs")
 
     def identify(self, stats: Any) -> Any:
-        from .neurons import GeneralRule, identify
+        return identify_with(self, stats)
 
-        return identify(stats, self.method, top_rate=self.top_rate, lam=self.lam, bar=self.bar,
-                        filter_rate=self.filter_rate,
-                        general=GeneralRule(bar=self.general_bar, min_langs=self.general_min_langs),
-                        lam_range=(self.lam_lo, self.lam_hi), lam_eps=self.lam_eps)
+
+def identify_with(s: Any, stats: Any) -> Any:
+    """:func:`neurons.identify` on ``stats`` with the identification keys of ``s`` (these settings, or the analysis'
+    :class:`analysis.sources.IdentifySettings`)."""
+    from .neurons import GeneralRule, identify
+
+    return identify(stats, s.method, top_rate=s.top_rate, lam=s.lam, bar=s.bar, filter_rate=s.filter_rate,
+                    general=GeneralRule(bar=s.general_bar, min_langs=s.general_min_langs),
+                    lam_range=(s.lam_lo, s.lam_hi), lam_eps=s.lam_eps)
 
 
 class NeuronSettings(IdentificationSettings):
@@ -595,14 +588,13 @@ class NeuronSettings(IdentificationSettings):
     HINTS: ClassVar[dict[str, str]] = {
         **IdentificationSettings.HINTS,
         "every_n_steps": "steps between neuron checkpoints, >= 0 (0: start and end only)",
-        "probe": f"one of {', '.join(PROBES)}",
         "n": "probe problems per language, >= 1, or null for all evaluation problems",
         "batch_size": "probe rows per forward pass, >= 1",
         "max_length": "tokens of prompt + response, >= 1",
     }
     enabled: bool
     every_n_steps: NonNegative
-    probe: Literal["responses", "gold", "text"]
+    probe: Literal[PROBES]
     start_stats: str | None
     n: Count | None
     batch_size: Count
@@ -623,22 +615,20 @@ class EvalSettings(Settings):
         "max_new_tokens": "tokens generated per answer, >= 1",
         "batch_size": "questions per generate call, >= 1",
         "samples": "answers per language shown in the W&B table, >= 0",
-        "answer_lang": "off, report or require",
     }
     max_new_tokens: Count
     batch_size: Count
     samples: NonNegative
-    answer_lang: Literal["off", "report", "require"]
+    answer_lang: Literal[ANSWER_LANG_MODES]
 
 
 # ---- tracking -----------------------------------------------------------------------------------------------------
 class WandbSettings(Settings):
     PREFIX: ClassVar[str] = "logger."
-    HINTS: ClassVar[dict[str, str]] = {"mode": f"one of {', '.join(WANDB_MODES)}"}
     backend: Literal["wandb"]
     project: Annotated[str, Field(min_length=1)]
     entity: str | None
-    mode: Literal["auto", "online", "offline", "disabled"]
+    mode: Literal[WANDB_MODES]
     name: str | None
     group: str | None
     tags: Strings
@@ -766,13 +756,7 @@ def _union(kind: Any, value: Any, prefix: str, what: str) -> Any:
     try:
         return TypeAdapter(kind).validate_python(dict(value))
     except ValidationError as e:
-        first = e.errors(include_url=False)[0]
-        if first["type"] == "union_tag_invalid":  # (a missing tag: describe says the key is missing)
-            tag = first["ctx"].get("discriminator", "").strip("'")
-            expected = first["ctx"].get("expected_tags", "").replace("'", "")
-            raise HarnessError(f"{prefix}{tag}={_show(value.get(tag))}: unknown choice; use one of {expected} "
-                               f"({what})") from None
-        raise HarnessError(describe(e, Settings, prefix)) from None
+        raise HarnessError(describe(e, members, prefix)) from None
 
 
 def alignment_settings(value: Any) -> "MapoSettings | DpoSettings | SftSettings | QalignSettings":

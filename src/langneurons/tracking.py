@@ -14,10 +14,10 @@ from urllib.parse import urlparse
 
 from .distributed import is_rank_zero
 from .errors import HarnessError
-from .settings import logger_settings
+from .settings import WANDB_MODES, logger_settings
 
 STEP_KEY = "train/global_step"
-MODES = ("auto", "online", "offline", "disabled")
+MODES = WANDB_MODES
 
 
 def logged_in() -> bool:

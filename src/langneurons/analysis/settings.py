@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, Mapping, Union
 from pydantic import BeforeValidator, Field, field_validator
 
 from ..settings import (
+    PROBLEM_SOURCES,
     Count,
     IdentificationSettings,
     RunSettings,
@@ -19,18 +20,20 @@ from ..settings import (
     Strings,
     parse_languages,
 )
+from .deactivation import MODES
+from .wandb_io import LOG_MODES
 
 STEP_HINT = "first, last or a step number"
-DEACTIVATION_MODES = ("specific", "specific+related", "all")
+DEACTIVATION_MODES = tuple(MODES)  # what deactivate zeroes: specific, specific+related, all
 
 
 def _step(value: Any) -> Any:
     """A step from the command line: ``first``, ``last``, a number (Hydra may give ``500`` as a text)."""
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
-    if isinstance(value, str) and value not in ("first", "last"):
-        raise ValueError(f"not a checkpoint; use {STEP_HINT}")
-    return value
+    if value in ("first", "last") or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError(f"not a checkpoint; use {STEP_HINT}")
 
 
 def _langs(value: Any) -> Any:
@@ -64,18 +67,11 @@ class _Identification(IdentificationSettings):
 class _Analysis(_Identification):
     """What every subcommand that reads sources takes (_sources.yaml, _output.yaml)."""
 
-    HINTS: ClassVar[dict[str, str]] = {
-        **IdentificationSettings.HINTS,
-        "wandb": "off, new or resume",
-        "step": STEP_HINT,
-        "before": STEP_HINT,
-        "after": STEP_HINT,
-    }
     reidentify: bool
     cache: str | None
     out: str | None
     title: str | None
-    wandb: Literal["off", "new", "resume"]
+    wandb: Literal[LOG_MODES]
 
 
 class _Runs(_Analysis):
@@ -89,20 +85,19 @@ class _Runs(_Analysis):
 
 
 class DeactivationData(Settings):
-    source: Literal["synthetic", "mgsm", "msvamp"] | None
+    source: Literal[PROBLEM_SOURCES] | None
     path: str | None
     seed: Annotated[int, Field(ge=0)]
     offset: Annotated[int, Field(ge=0)]
 
 
 class _Deactivation(Settings):
-    HINTS: ClassVar[dict[str, str]] = {"n": "problems per language, >= 1", "step": STEP_HINT,
-                                       "modes": f"a list of {', '.join(DEACTIVATION_MODES)}"}
+    HINTS: ClassVar[dict[str, str]] = {"n": "problems per language, >= 1"}
     model: str | None
     adapter: str | None
     data: DeactivationData
     n: Count
-    modes: Annotated[tuple[Literal["specific", "specific+related", "all"], ...], Field(strict=False, min_length=1)]
+    modes: Annotated[tuple[Literal[DEACTIVATION_MODES], ...], Field(strict=False, min_length=1)]
     langs: Languages
     accuracy: bool
     batch_size: Count

@@ -26,11 +26,12 @@ from typing import Any, Mapping, Sequence
 
 from .. import languages
 from ..errors import DataError, HarnessError
-from ..neurons import GeneralRule, Identification, NeuronStats, identify, load_stats
+from ..neurons import Identification, NeuronStats, load_stats
 from ..neurons.dynamics import lang_type_counts
 from ..neurons.identify import METHODS, UnknownMethodError
 from ..neurons.reference import is_reference_folder
 from ..resume import RECORD as RUN_RECORD
+from ..settings import IdentificationSettings, identify_with
 from . import wandb_io
 
 PROBE_RECORD = "probe.json"  # written by analyze.py probe (analysis/probe.py)
@@ -39,8 +40,7 @@ _AT_STEP = re.compile(r"^(?P<source>.+)@(?P<step>\d+|first|last)$")
 
 
 # The identification settings: analyze's keys (conf/analyze/_sources.yaml), named as a run's ``neurons.*`` keys.
-IDENTIFY_KEYS = ("method", "top_rate", "lam", "bar", "filter_rate", "general_bar", "general_min_langs", "lam_lo",
-                 "lam_hi", "lam_eps")
+IDENTIFY_KEYS = IdentificationSettings.IDENTIFY_KEYS
 _NUMBERS = {"top_rate": float, "bar": float, "filter_rate": float, "general_bar": float, "general_min_langs": int,
             "lam_lo": float, "lam_hi": float, "lam_eps": float}
 
@@ -122,10 +122,7 @@ class IdentifySettings:
         return replace(self, **changes, given=frozenset(IDENTIFY_KEYS)), notes
 
     def identify(self, stats: NeuronStats) -> Identification:
-        return identify(stats, self.method, top_rate=self.top_rate, lam=self.lam, bar=self.bar,
-                        filter_rate=self.filter_rate,
-                        general=GeneralRule(bar=self.general_bar, min_langs=self.general_min_langs),
-                        lam_range=(self.lam_lo, self.lam_hi), lam_eps=self.lam_eps)
+        return identify_with(self, stats)
 
 
 def _show(value: Any) -> str:

@@ -1,4 +1,6 @@
-"""Locate the four stages of multilingual inference (SCIENCE.md 3) in a per-layer neuron profile.
+"""Locate the four stages of multilingual inference in a per-layer neuron profile.
+
+Definitions and sources: docs/science.md, section Stages of multilingual inference.
 
 The paper describes the layer distribution of the three neuron types as four contiguous stages:
 (1) multilingual understanding: language-specific / related neurons high; (2) shared semantic reasoning: general

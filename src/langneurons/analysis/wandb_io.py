@@ -1,6 +1,6 @@
 """W&B for analysis: read back a run's offline W&B log, fetch runs and artifacts when online, log analysis results.
 
-Offline runs cannot be read by ``wandb.Api`` (PITFALLS.md); they are read with ``wandb leet inspect --json``.
+Offline runs cannot be read by ``wandb.Api`` (docs/pitfalls.md, W&B); they are read with ``wandb leet inspect --json``.
 Anything that needs the W&B servers fails with one line that says to pass a local run dir instead.
 """
 

@@ -1,4 +1,4 @@
-"""MAPO preference pairs (She et al. 2024; SCIENCE.md section 4), built from the policy model's own answers.
+"""MAPO preference pairs (She et al. 2024; docs/science.md, "MAPO reward and pairing") from the policy's own answers.
 
 For every question of a parallel set asked in a non-English language x, the policy samples k answers; it also
 samples k answers to the parallel English question. A scorer rewards each x answer (MAPO: how well a translation

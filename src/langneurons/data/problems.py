@@ -22,10 +22,12 @@ from datasets import Dataset
 
 from .. import languages
 from ..errors import DataError
+from ..filecache import is_path
+from ..settings import PROBLEM_SOURCES, ProblemSettings
 from ..prompts import PromptFormat, format_prompt, format_response, parse_number, prompt_format
 from . import synthetic
 
-SOURCES = ("synthetic", "mgsm", "msvamp")
+SOURCES = PROBLEM_SOURCES
 HUB_IDS = {"mgsm": "juletxara/mgsm", "msvamp": "Mathoctopus/MSVAMP"}
 # The fewshot format's worked examples: generated problems from this id on, far from every id the harness trains
 # (0..), evaluates (100000..) or pretrains (1000000..) on.
@@ -39,8 +41,6 @@ def load_problems(spec: "ProblemSettings | Mapping[str, Any]", langs: Sequence[s
     model's tokenizer for ``chat``): ``source`` (synthetic | mgsm | msvamp); ``path`` (a local folder or a hub id,
     for mgsm/msvamp); ``n`` (rows to keep, all when null); ``offset`` (first row id); ``seed`` (generated sets).
     """
-    from ..settings import ProblemSettings
-
     spec = ProblemSettings.of(spec)
     source, n, offset = spec.source, spec.n, spec.offset
     if source == "synthetic":
@@ -102,7 +102,7 @@ def _local_folder(path: str, what: str, holds: str) -> Path | None:
         return folder
     if folder.exists():
         raise DataError(f"{what} path {path} is a file, not a folder: give the folder holding {holds}")
-    if path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path:  # a path, not an org/name hub id
+    if is_path(path):
         raise DataError(f"{what} folder {path} does not exist: give the folder holding {holds}, or the hub id "
                         f"{HUB_IDS[what.lower()]}")
     return None

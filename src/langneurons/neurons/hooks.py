@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import HarnessError
 
-# The activation module of layer i's gated MLP: act_fn(gate_proj(x)) is what a "neuron" is (SCIENCE.md 1).
+# Layer i's gated-MLP activation module: act_fn(gate_proj(x)) is what a "neuron" is (docs/science.md, Activation).
 ACT_FN_PATTERN = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.act_fn$")
 
 # fn(layer_index, act_fn_output) -> replacement output, or None to keep it.

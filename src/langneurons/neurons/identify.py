@@ -1,4 +1,7 @@
-"""Identify language neurons from activation probabilities: LAPE and the paper's ternary method (SCIENCE.md 2).
+"""Identify language neurons from activation probabilities: LAPE and the paper's ternary method.
+
+Definitions and sources: docs/science.md, sections LAPE identification, Ternary identification, The lam search
+and General neurons.
 
 Everything is vectorised over the [L, H, K] probability tensor; the only Python loops are over lam values of the
 search and over layers/languages when exporting. The numerics follow the reference exactly (float32, clamp 1e-12,
@@ -27,7 +30,7 @@ SPECIFIC, RELATED, GENERAL, UNASSIGNED = range(4)
 STEM = "identification"
 _TENSOR_FIELDS = ("selected", "owners", "general", "shared_by_all")
 
-# Defaults of SCIENCE.md 2 (the reference's settings).
+# Defaults of docs/science.md (LAPE identification, Ternary identification, The lam search): the reference's.
 DEFAULT_TOP_RATE = 0.01
 DEFAULT_BAR = 0.95
 DEFAULT_FILTER_RATE = 0.95
