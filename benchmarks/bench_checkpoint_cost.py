@@ -54,7 +54,7 @@ def main() -> None:
     import wandb
 
     from langneurons import evaluation
-    from langneurons.callbacks import NeuronCheckpointer
+    from langneurons.checkpoints.measure import NeuronCheckpointer
     from langneurons.data import load_problems
     from langneurons.data.problems import with_prompts
     from langneurons.experiment import load_model

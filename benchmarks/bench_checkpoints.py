@@ -24,7 +24,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from langneurons import callbacks, evaluation, tracking  # noqa: E402
+from langneurons import evaluation, tracking  # noqa: E402
+from langneurons.checkpoints import measure  # noqa: E402
 from langneurons.experiment import run_experiment  # noqa: E402
 from langneurons.overrides import compose_training  # noqa: E402
 from langneurons.settings import NeuronSettings, RunSettings  # noqa: E402
@@ -64,11 +65,11 @@ def cached_pair_sets(folder: str | None) -> int:
 
 def main(overrides: list[str]) -> None:
     timed(evaluation, "generate", "answer the evaluation questions (generate)")
-    timed(callbacks.NeuronCheckpointer, "_accuracy", "accuracy + answer language")
-    timed(callbacks, "collect_stats", "count activations (probe forwards)")
+    timed(measure.NeuronCheckpointer, "_accuracy", "accuracy + answer language")
+    timed(measure, "collect_stats", "count activations (probe forwards)")
     timed(NeuronSettings, "identify", "identify neuron types")  # a checkpoint identifies with its neuron settings
-    timed(callbacks.NeuronCheckpointer, "_save", "save neurons/step-N")
-    timed(callbacks.NeuronCheckpointer, "take", "checkpoint total (without W&B)")
+    timed(measure.NeuronCheckpointer, "_save", "save neurons/step-N")
+    timed(measure.NeuronCheckpointer, "take", "checkpoint total (without W&B)")
     timed(tracking.CheckpointLogger, "__call__", "W&B: metrics, tables, figure, artifact")
     pairs, built = getattr(RunSettings.from_config(config(overrides)).alignment, "cache_dir", None), []  # MAPO's
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from langneurons.languages import PAPER_LANGS  # noqa: E402
 from langneurons.neurons import Identifier, collect_stats, identify, load_stats  # noqa: E402
-from langneurons.neurons.forward import accepts_position_ids, evaluating, forward_kwargs, model_inputs  # noqa: E402
+from langneurons.neurons.probing import accepts_position_ids, evaluating, forward_kwargs, model_inputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = PAPER_LANGS

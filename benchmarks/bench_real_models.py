@@ -102,7 +102,7 @@ def peak_mb() -> float:
 
 def speed(args) -> None:
     from langneurons.neurons import ActivationCounter
-    from langneurons.neurons.forward import decoder_stack, evaluating, model_inputs
+    from langneurons.neurons.probing import decoder_stack, evaluating, model_inputs
 
     _, loaded, langs, batches = setup(args.preset, args.n, args.batch_size)
     model = loaded.model

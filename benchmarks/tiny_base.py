@@ -42,7 +42,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from langneurons.base import cache_key, tiny_base
-    from langneurons.callbacks import NeuronCheckpointer
+    from langneurons.checkpoints.measure import NeuronCheckpointer
     from langneurons.data import load_problems
     from langneurons.neurons.dynamics import language_sets
     from langneurons.overrides import compose_training

@@ -24,8 +24,7 @@ from langneurons.neurons import Identification, make_batches, perplexity
 
 from conftest import ROOT, inspect_records, inspect_summary, offline_runs, run_train
 
-SHORT = ["trainer.max_steps=4", "neurons.every_n_steps=2", "data.n=4", "alignment.questions.n=16",
-         "eval.max_new_tokens=8", "trainer.save_steps=2"]
+SHORT = ["debug=smoke", "eval.max_new_tokens=8"]  # 4 steps, neuron checkpoints at 0, 2 and 4, short answers
 LABELS = {"sw": "tiny mapo sw synthetic", "zhde": "tiny mapo zh+de synthetic"}  # model, method, languages, data
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from langneurons.answer_language import detect, in_language
-from langneurons.callbacks import NeuronCheckpointer
+from langneurons.checkpoints.measure import NeuronCheckpointer
 from langneurons.data import load_problems
 from langneurons.errors import HarnessError
 from langneurons.languages import PAPER_LANGS

@@ -21,10 +21,9 @@ import pytest
 
 from conftest import ROOT, SHARED_DATA
 
-# A run short enough for a fixture (tests/test_train.py's SHORT: 4 steps, trainer checkpoints at 2 and 4, no neuron
-# checkpoints).
-SHORT = ["trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=2", "alignment.questions.n=16",
-         "data.n=4", "neurons=off"]
+# A run short enough for a fixture (tests/test_train.py's SHORT: debug=smoke's 4 steps, trainer checkpoints at 2 and
+# 4, no neuron checkpoints).
+SHORT = ["debug=smoke", "trainer.logging_steps=2", "neurons=off"]
 # The harness's caches (the tiny base, MAPO pairs, converted models): a failed start adds nothing to them.
 CACHE = Path(os.environ.get("LANGNEURONS_CACHE") or "~/.cache/langneurons").expanduser()
 
@@ -220,6 +219,8 @@ CASES = [
     train("start-stats-missing", "neurons.start_stats=/no/such/folder", "neurons.start_stats", "/no/such/folder"),
     # resume
     train("resume-with-another-learning-rate", "resume={run} trainer.learning_rate=1", "trainer.learning_rate"),
+    train("resume-with-another-experiment", "resume={run} experiment=paper",
+          "experiment= sets trainer.learning_rate: 0.0002 in the run, 1e-06 now"),
     train("resume-not-a-run-folder", "resume={in}", "{in}", make=lambda inputs: inputs.mkdir()),
     # the sweep agent
     Case("sweep-unknown-method", "sweep", ("{in}/sweep.yaml", "--dir", "{out}"), ("sweep.yaml", "sideways"),

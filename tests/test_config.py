@@ -102,3 +102,17 @@ def test_every_preset_takes_every_alignment_method(model, alignment):
     settings = RunSettings.from_config(OmegaConf.to_container(composed(f"model={model}", f"alignment={alignment}"),
                                                               resolve=True))
     assert settings.alignment.method == alignment.replace("_paper", "")
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_experiment_paper_sets_the_papers_settings_and_debug_smoke_shortens_any_preset(model):
+    paper = composed(f"model={model}", "experiment=paper")
+    assert (paper.trainer.lora.r, paper.alignment.k, paper.scorer.kind, paper.eval.max_new_tokens) == (
+        64, 20, "translation", 512)
+    smoke = composed(f"model={model}", "experiment=paper", "debug=smoke")  # debug= is merged last
+    short = (smoke.trainer.max_steps, smoke.trainer.save_steps, smoke.alignment.questions.n, smoke.data.n)
+    assert short == (4, 2, 16, 4)
+    for cfg in (paper, smoke):
+        RunSettings.from_config(OmegaConf.to_container(cfg, resolve=True))
+    if model in ("llama", "mistral", "qwen", "mistral_mathoctopus", "metamath_octopus"):  # they include it
+        assert composed(f"model={model}") == paper

@@ -5,6 +5,7 @@ same probe forwards (what FSDP / ZeRO-3 need)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -17,8 +18,9 @@ import torch
 import yaml
 
 from conftest import ROOT, inspect_records, inspect_summary, offline_runs, problem_settings, settings
-from langneurons import callbacks, evaluation
-from langneurons.callbacks import NeuronCheckpointer
+from langneurons import evaluation
+from langneurons.checkpoints import measure
+from langneurons.checkpoints.measure import NeuronCheckpointer
 from langneurons.data import load_problems
 from langneurons.distributed import rank_share, share_size
 from langneurons.experiment import tiny_tokenizer_corpus
@@ -77,9 +79,9 @@ def take_as(monkeypatch, tiny, tmp_path, rank: int, world: int, probe: str, n: i
         return real_generate(*args, **kwargs)
 
     monkeypatch.setattr(evaluation, "generate", generate)
-    monkeypatch.setattr(callbacks, "distributed_world", lambda: world)
-    monkeypatch.setattr(callbacks, "_rank", lambda: rank)
-    monkeypatch.setattr(callbacks, "all_reduce_sum", lambda tensors: tensors)
+    monkeypatch.setattr(measure, "world_size", lambda: world)
+    monkeypatch.setattr(measure, "process_rank", lambda: rank)
+    monkeypatch.setattr(measure, "all_reduce_sum", lambda tensors: tensors)
     neurons = {**run.neurons.dump(), "probe": probe, "n": n, "batch_size": 4, "max_length": 512, "top_rate": 0.05,
                "bar": 0.95, "merge_adapters": False}
     eval_cfg = {**run.eval.dump(), "max_new_tokens": 4, "batch_size": 2, "samples": 1, "answer_lang": "off"}
@@ -206,6 +208,11 @@ def test_two_cpu_processes_train_check_neurons_and_log_once_like_one_process(tmp
     config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     problems = load_problems(config["data"], ["sw"], config["model"]["prompt_template"])["sw"]
     assert [s["id"] for s in multi_record["samples"] if s["lang"] == "sw"] == [problems[i]["id"] for i in (0, 2, 4)]
-    # both processes trained on their own batches: 2 steps of 2 x 8 pairs are 2 epochs of the 16 (one process: 1)
-    assert inspect_summary(runs[0])["summary"]["train/epoch"] == 2 * inspect_summary(
-        offline_runs(single_dir)[0])["summary"]["train/epoch"]
+    # both processes trained on their own batches: an epoch is ceil(N / 8) steps in one process and ceil(ceil(N / 2)
+    # / 8) in two (each rank's share of the N pairs, padded to the longer one), e.g. 16 pairs: 1 epoch and 2 epochs
+    pairs = sum(json.loads((run_dir / "alignment" / "stats.json").read_text())["pairs"]["train"].values())
+    batch = config["trainer"]["per_device_train_batch_size"]
+    assert inspect_summary(offline_runs(single_dir)[0])["summary"]["train/epoch"] == pytest.approx(
+        2 / math.ceil(pairs / batch))
+    assert inspect_summary(runs[0])["summary"]["train/epoch"] == pytest.approx(
+        2 / math.ceil(math.ceil(pairs / 2) / batch))

@@ -18,15 +18,15 @@ import pytest
 import torch
 
 from langneurons import faults
-from langneurons.analysis.sources import step_folders
-from langneurons.callbacks import NeuronCheckpoint, NeuronCheckpointer, saved_steps
+from langneurons.checkpoints.record import NeuronCheckpoint, saved_steps, step_folders, write
 from langneurons.errors import HarnessError, disk_full
 from langneurons.neurons import Identification, NeuronStats
 
 from conftest import inspect_summary, offline_runs, run_train
 
-SHORT = ["trainer.max_steps=4", "trainer.save_steps=2", "neurons.every_n_steps=2", "trainer.logging_steps=1",
-         "alignment.questions.n=16", "data.n=4", "eval.max_new_tokens=8", "neurons.image=false",
+# debug=smoke (4 steps, trainer checkpoints at 2 and 4, neuron checkpoints at 0, 2 and 4), logged every step,
+# short answers, no figures or W&B artifacts.
+SHORT = ["debug=smoke", "trainer.logging_steps=1", "eval.max_new_tokens=8", "neurons.image=false",
          "neurons.artifact=false"]
 # The cache tests build a base of their own in every cache: 20 steps, a second.
 CACHE_RUN = [*SHORT, "model.pretrain.steps=20", "model.pretrain.batch_size=4"]
@@ -111,19 +111,12 @@ def checkpoint(step: int) -> NeuronCheckpoint:
                             accuracy={"en": 0.5, "sw": 0.25, "avg": 0.375}, answer_lang={}, samples=[])
 
 
-def checkpointer(out_dir) -> NeuronCheckpointer:
-    """A checkpointer that only saves (its measuring parts are not needed here)."""
-    saver = NeuronCheckpointer.__new__(NeuronCheckpointer)
-    saver.out_dir = out_dir
-    return saver
-
-
 def test_a_full_disk_while_a_checkpoint_is_written_removes_it_and_keeps_the_earlier_ones(fault, tmp_path):
-    saver = checkpointer(tmp_path / "neurons")
+    neurons = tmp_path / "neurons"
     fault("checkpoint.write#2=enospc")
-    saver._save(checkpoint(0))
+    write(checkpoint(0), neurons)
     with pytest.raises(HarnessError, match="the disk is full") as caught:
-        saver._save(checkpoint(2))
+        write(checkpoint(2), neurons)
     assert f"the neuron checkpoint {tmp_path / 'neurons' / 'step-2'}" in str(caught.value)
     assert sorted(p.name for p in (tmp_path / "neurons").iterdir()) == ["step-0"]
     assert saved_steps(tmp_path / "neurons") == [0]
@@ -131,25 +124,25 @@ def test_a_full_disk_while_a_checkpoint_is_written_removes_it_and_keeps_the_earl
 
 
 def test_a_leftover_tmp_folder_is_never_read_as_a_checkpoint(tmp_path):
-    saver = checkpointer(tmp_path / "neurons")
-    saver._save(checkpoint(0))
+    neurons = tmp_path / "neurons"
+    write(checkpoint(0), neurons)
     # killed between writing step 2's last file and its rename: a tmp folder with everything in it
     shutil.copytree(tmp_path / "neurons" / "step-0", tmp_path / "neurons" / "step-2.tmp")
     assert saved_steps(tmp_path / "neurons") == [0]
     assert [step for step, _ in step_folders(tmp_path / "neurons")] == [0]
-    saver._save(checkpoint(2))  # the resumed run takes step 2 again: over the leftover
+    write(checkpoint(2), neurons)  # the resumed run takes step 2 again: over the leftover
     assert saved_steps(tmp_path / "neurons") == [0, 2]
     assert not (tmp_path / "neurons" / "step-2.tmp").exists()
     assert torch.equal(NeuronStats.load(tmp_path / "neurons" / "step-2").counts, checkpoint(2).stats.counts)
 
 
 def test_the_next_build_removes_what_a_killed_build_of_its_entry_left(tmp_path):
-    from langneurons import filecache
+    from langneurons import files
 
     killed, other = tmp_path / ".tmp-abc-123-deadbe", tmp_path / ".tmp-abd-456-cafe00"
     for folder in (killed, other):
         folder.mkdir()
-    filecache.remove_stale_tmp(tmp_path, "abc")  # holding abc's lock: no live process builds abc
+    files.remove_stale_tmp(tmp_path, "abc")  # holding abc's lock: no live process builds abc
     assert not killed.exists() and other.exists()  # another entry's build may be running
 
 

@@ -10,8 +10,9 @@ from langneurons.data import load_problems, mapo
 from langneurons.data.mapo import build_pairs, mapo_pairs, split_ids
 from langneurons.errors import HarnessError, ModelLoadError
 from langneurons.experiment import load_model
+from langneurons.prompts import is_correct
 from langneurons.scoring import (CorrectnessScorer, NumbersScorer, TranslationScorer, build_scorer, build_tiny_scorer,
-                                 is_correct, scorer_identity)
+                                 scorer_identity)
 from langneurons.settings import ModelSettings, scorer_settings
 
 from conftest import problem_settings, settings

@@ -66,7 +66,7 @@ def test_a_checkpoint_on_a_merged_copy_measures_the_adapted_model_and_leaves_it_
     from peft import LoraConfig, get_peft_model
     from trl.trainer.utils import add_fused_lm_head
 
-    from langneurons.callbacks import NeuronCheckpointer, merged_copy
+    from langneurons.checkpoints.measure import NeuronCheckpointer, merged_copy
     from langneurons.data import load_problems
     from langneurons.experiment import tiny_tokenizer_corpus
     from langneurons.modeling import build_tiny_model, build_tokenizer

@@ -249,7 +249,7 @@ def test_concurrent_builders_leave_one_complete_entry(tmp_path, builds, monkeypa
         except Exception as e:  # surfaced below
             errors.append(e)
 
-    caplog.set_level("INFO", logger="langneurons.filecache")  # the shared build-once cache logs the wait
+    caplog.set_level("INFO", logger="langneurons.files")  # the shared build-once cache logs the wait
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()

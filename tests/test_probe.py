@@ -18,7 +18,7 @@ from langneurons.neurons import Identification, NeuronStats
 from conftest import ROOT, run_train
 
 SHORT = ["data.n=4", "eval.max_new_tokens=8"]
-TRAIN = [*SHORT, "trainer.max_steps=2", "trainer.save_steps=2", "alignment.questions.n=16", "logger.mode=disabled"]
+TRAIN = ["debug=smoke", *SHORT, "trainer.max_steps=2", "logger.mode=disabled"]  # 2 steps, neuron checkpoints at 0 and 2
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess:

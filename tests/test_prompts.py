@@ -10,7 +10,7 @@ from langneurons.evaluation import AnswerStops, end_of_answer_ids
 from langneurons.experiment import tiny_tokenizer_corpus
 from langneurons.modeling import build_tokenizer
 from langneurons.prompts import format_prompt, prompt_format, trim_answer
-from langneurons.scoring import is_correct
+from langneurons.prompts import is_correct
 
 from conftest import problem_settings
 from neurons.neuron_helpers import tiny_model, tiny_tokenizer

@@ -7,15 +7,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from langneurons.callbacks import NeuronCheckpointCallback
+from langneurons.checkpoints.callback import NeuronCheckpointCallback
 from langneurons.errors import HarnessError
 from langneurons.experiment import run_experiment
 from langneurons.neurons import NeuronStats
 
 from conftest import ROOT, inspect_records, inspect_summary, offline_runs, run_train
 
-SHORT = ["trainer.max_steps=4", "trainer.save_steps=2", "neurons.every_n_steps=2", "trainer.logging_steps=1",
-         "alignment.questions.n=16", "data.n=4", "eval.max_new_tokens=8", "neurons.image=false",
+# debug=smoke (4 steps, trainer checkpoints at 2 and 4, neuron checkpoints at 0, 2 and 4), logged every step,
+# short answers, no figures or W&B artifacts.
+SHORT = ["debug=smoke", "trainer.logging_steps=1", "eval.max_new_tokens=8", "neurons.image=false",
          "neurons.artifact=false"]
 
 

@@ -22,6 +22,7 @@ from transformers import TrainingArguments
 
 from .console import TrainingProgress
 from .data import correctness_pairs, load_jsonl, load_problems, sft_examples
+from . import files
 from .data import mapo, pairstore
 from .data.qalign import question_translation, translation_langs
 from .errors import HarnessError
@@ -116,12 +117,12 @@ def mapo_training_set(alignment: Any, langs: Sequence[str], template: "str | Pro
         "format": mapo.FORMAT, "policy": {"id": policy.model_id,
                                           "weights": pairstore.model_fingerprint(policy.model, policy.tokenizer)},
         "questions": alignment.questions.dump(), "langs": aligned, "template": template.identity(), "seed": seed,
-        "question_files": pairstore.folder_state(alignment.questions.path),
+        "question_files": files.folder_state(alignment.questions.path),
         "sampling": sampling.dump(),
         "include_gold": include_gold, "eval_fraction": alignment.eval_fraction,
         "scorer": scorer_identity(scorer),
     }
-    key = pairstore.cache_key(parts)
+    key = files.digest(parts)
     cache_dir = alignment.cache_dir
     pairs = pairstore.load(cache_dir, key) if cache_dir else None
     hit = pairs is not None

@@ -1,4 +1,6 @@
-"""Runs started as several processes (``accelerate launch``, ``torchrun``): one run folder, one writer, one tracker.
+"""Runs started as several processes (``accelerate launch``, ``torchrun``): one run folder, one writer, one tracker;
+who this process is in the group (:func:`world_size`, :func:`process_rank`, :func:`is_rank_zero`), its share of the
+rows (:func:`rank_share`) and sums over ranks (:func:`all_reduce_sum`).
 
 Every process of ``accelerate launch train.py ...`` runs Hydra on its own, so each resolves ``${now:...}`` in the run
 folder's name itself, and two processes that start across a second boundary would write to two folders (and sharded
@@ -23,6 +25,32 @@ def _dist():
     import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def world_size() -> int:
+    """Processes in the running torch.distributed group (1 without one)."""
+    dist = _dist()
+    return dist.get_world_size() if dist is not None else 1
+
+
+def process_rank() -> int:
+    """This process's rank in the running torch.distributed group (0 without one)."""
+    dist = _dist()
+    return dist.get_rank() if dist is not None else 0
+
+
+def all_reduce_sum(tensors: Sequence[Any]) -> list[Any]:
+    """Sum same-dtype tensors over all ranks with ONE collective (they are packed into one buffer)."""
+    import torch
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    out, offset = [], 0
+    for t in tensors:
+        out.append(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return out
 
 
 def launched_world_size() -> int:

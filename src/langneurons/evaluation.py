@@ -12,21 +12,11 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from . import console
+from .neurons.probing import evaluating
 from .prompts import INSTRUCTION_STOPS, trim_answer
 
 # End-of-turn tokens of common chat formats (Gemma, ChatML, Llama 3): a chat model ends its answer with one.
 END_OF_TURN_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>")
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """The model in eval mode for the block; its previous mode restored afterwards, also on error."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 @contextmanager
@@ -86,7 +76,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, 
     end = stops if isinstance(stops, AnswerStops) else AnswerStops(model, tokenizer, stops)
     out: list[str] = []
     batches = range(0, len(prompts), batch_size)
-    with eval_mode(model), torch.no_grad(), padding_side(tokenizer, "left"):
+    with evaluating(model), padding_side(tokenizer, "left"):
         own = console.bar(len(batches), desc) if bar is None and progress else None
         bar = bar if bar is not None else own
         for start in batches:

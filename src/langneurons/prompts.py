@@ -182,3 +182,13 @@ def last_number(text: str) -> float | None:
     """The last number in a model's answer, the evaluation convention of MGSM/MSVAMP papers; None if none."""
     numbers = all_numbers(text)
     return numbers[-1] if numbers else None
+
+
+TOLERANCE = 1e-3  # MAPO's: a final number within 1e-3 of the gold number is correct
+
+
+def is_correct(answer: str, gold: float, tolerance: float = TOLERANCE) -> bool:
+    """Whether the last number of ``answer`` is ``gold`` (within MAPO's tolerance): the one definition of a correct
+    answer, used by the accuracy metric, the correctness scorer and MAPO's pairing."""
+    number = last_number(answer)
+    return number is not None and abs(number - gold) <= tolerance

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import HarnessError
-from .neurons.storage import atomic_write
+from .files import atomic_write
 
 RECORD = "run.json"
 # Keys a resumed run may change: how far it trains and where it logs. Everything else must match the saved run,
 # or the neuron history and the W&B run would mix two experiments.
 MAY_CHANGE = ("resume", "trainer.max_steps", "logger.mode")
+# Config groups merged into the whole config (``# @package _global_``) rather than into a key of their own.
+GLOBAL_GROUPS = ("experiment", "debug")
 
 
 def write_record(run_dir: Path, config: Mapping[str, Any], overrides: Sequence[str], wandb_id: str | None,
@@ -53,6 +55,20 @@ def _select(cfg: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+def _differences(saved: Mapping[str, Any], composed: Mapping[str, Any], prefix: str = ""):
+    """(dotted key, saved value, composed value) of every leaf the two configs give differently, leaving out the keys
+    that may change and keys the saved run lacks (``BACKFILL`` fills them)."""
+    for key, was in saved.items():
+        dotted = f"{prefix}{key}"
+        if dotted in MAY_CHANGE or key not in composed:
+            continue
+        now = composed[key]
+        if isinstance(was, Mapping) and isinstance(now, Mapping):
+            yield from _differences(was, now, dotted + ".")
+        elif was != now:
+            yield dotted, was, now
+
+
 def _assign(cfg: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, last = dotted.split(".")
     node = cfg
@@ -79,6 +95,9 @@ def resumed_config(composed: Mapping[str, Any], run_dir: Path, overrides: Sequen
         new = _select(composed, key)
         if key in MAY_CHANGE or any(key.startswith(k + ".") for k in MAY_CHANGE):
             _assign(saved, key, new)
+        elif key in GLOBAL_GROUPS:  # no key of its own: what it changes anywhere in the config
+            conflicts += [f"{key}= sets {leaf}: {was!r} in the run, {now!r} now"
+                          for leaf, was, now in _differences(saved, composed)][:3]
         elif new != _select(saved, key):
             conflicts.append(f"{key}: {_select(saved, key)!r} in the run, {new!r} now")
     for block in BACKFILL:  # keys this version added to a block (a run saved before it lacks them)

@@ -17,19 +17,16 @@ A scorer is any object with ``needs_english`` (whether it reads the English answ
 from __future__ import annotations
 
 import difflib
-import os
-from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
 from . import languages
 from .errors import HarnessError, ModelLoadError
-from .filecache import is_path
-from .prompts import all_numbers, last_number
+from .files import folder_state
+from .prompts import all_numbers, is_correct
 from .settings import scorer_settings
 
-TOLERANCE = 1e-3  # MAPO's: a final number within 1e-3 of the gold number is correct
 TARGET_LANG = "en"
 
 
@@ -38,12 +35,6 @@ class Scorer(Protocol):
 
     def score(self, answers: Sequence[str], lang: str, english_answers: Sequence[str], *,
               gold: float | None = None) -> list[float]: ...
-
-
-def is_correct(answer: str, gold: float) -> bool:
-    """Whether the last number of ``answer`` is ``gold`` (within MAPO's tolerance)."""
-    number = last_number(answer)
-    return number is not None and abs(number - gold) <= TOLERANCE
 
 
 class CorrectnessScorer:
@@ -160,8 +151,6 @@ def scorer_identity(cfg: Any) -> dict[str, Any]:
     if not cfg.name_or_path:
         ident.update({k: getattr(cfg, k) for k in ("arch", "vocab_size", "seed", "corpus_size")})
     else:
-        from .data.pairstore import folder_state
-
         ident["files"] = folder_state(cfg.name_or_path)  # a local folder can change under the same name
     return ident
 
@@ -213,41 +202,28 @@ def build_tiny_scorer(arch: Mapping[str, Any], vocab_size: int = 1024, seed: int
 
 
 def load_seq2seq(name_or_path: str, revision: str | None = None, dtype: str | None = "auto"):
-    """A translation model and tokenizer from a local folder, the HF cache or the hub (in that order); a one-line
-    ``ModelLoadError`` naming the scorer, what was tried and how to fix it when none has it."""
+    """A translation model and tokenizer from a local folder, the HF cache or the hub (in that order:
+    :func:`modeling.load_from_anywhere`); a one-line ``ModelLoadError`` naming the scorer, what was tried and how to
+    fix it when none has it."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from .modeling import _hub_problem, resolve_dtype
+    from .modeling import load_from_anywhere, resolve_dtype
 
     torch_dtype = resolve_dtype(dtype)
 
-    def load(name: str, **kwargs: Any):
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, **kwargs)
-        model = AutoModelForSeq2SeqLM.from_pretrained(name, revision=revision, dtype=torch_dtype, **kwargs)
+    def load(name: str, source: str, extra: dict[str, Any]):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, **extra)
+            model = AutoModelForSeq2SeqLM.from_pretrained(name, revision=revision, dtype=torch_dtype, **extra)
+        except (OSError, ValueError) as e:
+            if extra.get("local_files_only"):
+                raise
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"scorer model {name_or_path!r} could not be loaded from {source} ({reason}); it "
+                                 "must be a seq2seq translation model saved with save_pretrained (e.g. "
+                                 "facebook/nllb-200-distilled-600M)") from None
         return model, tokenizer
 
     fix = (f"download it where the hub is reachable (`hf download {name_or_path}`) and pass scorer.name_or_path="
            "/local/dir, or run offline with scorer=tiny or scorer=correctness")
-    path = Path(name_or_path).expanduser()
-    try:
-        if path.is_dir():
-            return load(str(path))
-        if is_path(name_or_path):
-            raise ModelLoadError(f"scorer model {name_or_path!r}: no such local folder; {fix}")
-        try:
-            return load(name_or_path, local_files_only=True)
-        except (OSError, ValueError):
-            pass
-        tried = f"not a local folder, not in the HF cache (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')})"
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-            raise ModelLoadError(f"scorer model {name_or_path!r} could not be loaded: {tried}, and HF_HUB_OFFLINE "
-                                 f"is set; {fix}")
-        problem = _hub_problem(name_or_path, revision)
-        if problem is not None:
-            raise ModelLoadError(f"scorer model {name_or_path!r} could not be loaded: {tried}, and {problem}; {fix}")
-        return load(name_or_path)
-    except (OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"scorer model {name_or_path!r} could not be loaded ({reason}); it must be a seq2seq "
-                             "translation model saved with save_pretrained (e.g. facebook/nllb-200-distilled-600M)"
-                             ) from None
+    return load_from_anywhere(name_or_path, load, what="scorer model", revision=revision, no_folder=fix, fix=fix)

@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import languages
 from .answer_language import MODES as ANSWER_LANG_MODES
 from .errors import HarnessError
-from .modeling import DTYPES
 from .neurons.identify import METHODS as IDENTIFY_METHODS
 
 # The choices of the config this module is the home of (modules that act on them import them from here).
@@ -35,6 +34,7 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROBLEM_SOURCES = ("synthetic", "mgsm", "msvamp")
 SAMPLERS = ("hf", "vllm")
+DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")  # model.dtype, scorer.dtype
 
 # Types of the fields. Sequences come from YAML and the command line as lists: they are read into tuples.
 Count = Annotated[int, Field(ge=1)]

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .errors import HarnessError, error_line, shown_path, tail
-from .neurons.storage import atomic_write
+from .files import atomic_write
 
 STATE_FILE = "sweep.json"
 DEFAULT_ROOT = Path("multirun") / "sweeps"

@@ -158,6 +158,7 @@ class CheckpointLogger:
     def __call__(self, ckpt) -> None:
         import wandb
 
+        from .checkpoints.record import step_name
         from .neurons import layer_distribution
         from .plots import layer_distribution_figure
 
@@ -184,7 +185,7 @@ class CheckpointLogger:
             art = wandb.Artifact(f"neurons-{self.run.id}", type="neuron-checkpoint",
                                  metadata={"step": ckpt.step, "accuracy": ckpt.accuracy})
             art.add_dir(str(ckpt.path))
-            self.run.log_artifact(art, aliases=[f"step-{ckpt.step}"])
+            self.run.log_artifact(art, aliases=[step_name(ckpt.step)])
 
 
 # ---- MAPO pair statistics ---------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ JSON-able digest."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from ..errors import HarnessError
 from ..neurons import Identification
@@ -46,6 +47,28 @@ def _runs(settings: Any) -> list[Run]:
                      reidentify=settings.reidentify, cache=settings.cache, trained=getattr(settings, "trained", None))
 
 
+@dataclass
+class _Command:
+    """One subcommand at work: its settings, its sources and the W&B mode (checked before any work), its clock."""
+
+    name: str
+    cfg: Any
+    runs: list[Run]
+    mode: str
+    started: float
+
+    def finish(self, sections: Sequence[Any]) -> dict[str, Any]:
+        """Write and log ``sections``; the command's JSON digest so far."""
+        return finish(sections, self.runs, self.cfg, self.name, self.started, self.mode)
+
+
+def _start(name: str, cfg: Any, load: Callable[[], list[Run]] | None = None) -> _Command:
+    """Load the sources (``cfg.runs``, or ``load()``) and check ``wandb=`` against them."""
+    started = time.perf_counter()
+    runs = load() if load is not None else _runs(cfg)
+    return _Command(name, cfg, runs, check_wandb(cfg.wandb, runs, cfg.out), started)
+
+
 def _identify_all(name: str, runs: list[Run]) -> None:
     """Identify, up front and with a progress bar, every checkpoint that has no saved identification to load (or
     all of them with reidentify=true): a phase of its own, the slow one on a large model."""
@@ -79,9 +102,8 @@ def _passes(runs: list[Run], step: Any, options: dict[str, Any]) -> str:
 def report(cfg: ReportSettings) -> dict[str, Any]:
     """Every analysis on ``runs``: counts, stages, before -> after, overlaps, spontaneous alignment (and
     deactivation when ``deactivation.enabled``), as PNGs, CSVs and one HTML page."""
-    started = time.perf_counter()
-    runs = _runs(cfg)
-    mode = check_wandb(cfg.wandb, runs, cfg.out)
+    job = _start("report", cfg)
+    runs = job.runs
     step, before, after = _checked_steps(runs, cfg.step, cfg.before, cfg.after)
     deactivation = cfg.deactivation
     deactivation_step = step if deactivation.step is None else deactivation.step
@@ -99,33 +121,31 @@ def report(cfg: ReportSettings) -> dict[str, Any]:
             sections.append(deactivation_section(runs, deactivation_step, **options))
     # last, so that it holds the notes of checkpoints identified along the way
     sections.insert(0, overview_section(runs))
-    result = finish(sections, runs, cfg, "report", started, mode)
+    result = job.finish(sections)
     result["stages"] = {label: d["stages"] for label, d in sections[2].data.items()}
     return result
 
 
 def counts(cfg: CountsSettings) -> dict[str, Any]:
     """(a) neuron counts per type and accuracy over steps."""
-    started = time.perf_counter()
-    runs = _runs(cfg)
-    mode = check_wandb(cfg.wandb, runs, cfg.out)
+    job = _start("counts", cfg)
+    runs = job.runs
     _identify_all("counts", runs)
     with phase("counts: neuron counts over steps"):
         section = counts_section(runs)
-    result = finish([overview_section(runs), section], runs, cfg, "counts", started, mode)
+    result = job.finish([overview_section(runs), section])
     result["counts"] = section.data
     return result
 
 
 def stages(cfg: StagesSettings) -> dict[str, Any]:
     """(b) the layer distribution and the four stages at one checkpoint of each source."""
-    started = time.perf_counter()
-    runs = _runs(cfg)
-    mode = check_wandb(cfg.wandb, runs, cfg.out)
+    job = _start("stages", cfg)
+    runs = job.runs
     (step,) = _checked_steps(runs, cfg.step)
     with phase("stages: layer distribution and stages"):
         section = stages_section(runs, step, cfg.per_language)
-    result = finish([section], runs, cfg, "stages", started, mode)
+    result = job.finish([section])
     result["stages"] = section.data
     if cfg.per_language and section.tables:
         table = section.tables[0]
@@ -136,13 +156,11 @@ def stages(cfg: StagesSettings) -> dict[str, Any]:
 
 def compare(cfg: CompareSettings) -> dict[str, Any]:
     """(c) before -> after: ``before`` (its first checkpoint unless ``@step``) against ``after`` (its last)."""
-    started = time.perf_counter()
     settings = cfg.identify_settings()
     options = {"reidentify": cfg.reidentify, "cache": cfg.cache}
-    before_run = load_run(cfg.before, settings, **options)
-    after_run = load_run(cfg.after, settings, **options)
-    runs = [before_run, after_run]
-    mode = check_wandb(cfg.wandb, runs, cfg.out)
+    job = _start("compare", cfg, lambda: [load_run(cfg.before, settings, **options),
+                                         load_run(cfg.after, settings, **options)])
+    before_run, after_run = job.runs
     b, a = before_run.checkpoint("first"), after_run.checkpoint("last")
     label = (before_run.label if before_run.source.split("@")[0] == after_run.source.split("@")[0]
              else f"{before_run.label} -> {after_run.label}")
@@ -151,7 +169,7 @@ def compare(cfg: CompareSettings) -> dict[str, Any]:
     with phase("compare: overlap"):
         overlap = overlap_section([], extra=[(f"before: {before_run.label}@{b.step}", b.ident),
                                              (f"after: {after_run.label}@{a.step}", a.ident)])
-    result = finish([change, overlap], runs, cfg, "compare", started, mode)
+    result = job.finish([change, overlap])
     result["change"] = change.data.get(label, {})
     pairs = overlap.tables[0].records() if overlap.tables else []
     result["overlap"] = {r["lang"]: r["jaccard"] for r in pairs}
@@ -160,13 +178,12 @@ def compare(cfg: CompareSettings) -> dict[str, Any]:
 
 def overlap(cfg: OverlapSettings) -> dict[str, Any]:
     """(d) overlap of each language's neuron set across checkpoints and between runs."""
-    started = time.perf_counter()
-    runs = _runs(cfg)
-    mode = check_wandb(cfg.wandb, runs, cfg.out)
+    job = _start("overlap", cfg)
+    runs = job.runs
     _identify_all("overlap", runs)
     with phase("overlap: overlaps"):
         section = overlap_section(runs)
-    result = finish([overview_section(runs), section], runs, cfg, "overlap", started, mode)
+    result = job.finish([overview_section(runs), section])
     steps = next((t for t in section.tables if t.name == "overlap_steps"), None)
     if steps is not None:
         last = {}
@@ -179,29 +196,28 @@ def overlap(cfg: OverlapSettings) -> dict[str, Any]:
 
 def spontaneous(cfg: SpontaneousSettings) -> dict[str, Any]:
     """(e) trained vs untrained languages: change of specific / related neurons and accuracy."""
-    started = time.perf_counter()
-    runs = _runs(cfg)
-    mode = check_wandb(cfg.wandb, runs, cfg.out)
+    job = _start("spontaneous", cfg)
+    runs = job.runs
     before, after = _checked_steps(runs, cfg.before, cfg.after)
     with phase("spontaneous: trained vs untrained languages"):
         section = spontaneous_section(runs, before, after)
-    result = finish([section], runs, cfg, "spontaneous", started, mode)
+    result = job.finish([section])
     result["spontaneous"] = section.data
     return result
 
 
 def deactivate(cfg: DeactivateSettings) -> dict[str, Any]:
     """(f) deactivation heatmaps for one checkpoint of ``source``."""
-    started = time.perf_counter()
-    run = load_run(cfg.source, cfg.identify_settings(), reidentify=cfg.reidentify, cache=cfg.cache)
-    mode = check_wandb(cfg.wandb, [run], cfg.out)
+    job = _start("deactivate", cfg, lambda: [load_run(cfg.source, cfg.identify_settings(), reidentify=cfg.reidentify,
+                                                      cache=cfg.cache)])
+    (run,) = job.runs
     (step,) = _checked_steps([run], cfg.step)
     options = cfg.options()
     with phase(f"deactivate: deactivation{_passes([run], step, options)}", chatty=interactive()):
         section = deactivation_section([run], step, **options)
     if run.label not in section.data:
         raise HarnessError(section.notes[-1] if section.notes else f"{run.label}: deactivation failed")
-    result = finish([section], [run], cfg, "deactivate", started, mode)
+    result = job.finish([section])
     data = section.data[run.label]
     digest = {}
     for m in data["modes"]:

@@ -18,7 +18,8 @@ from ..offline import OfflineCopy
 from ..neurons import Identification, deactivate, make_batches, perplexity
 from ..prompts import prompt_format
 from .progress import Bar
-from .sources import Run, step_folders
+from ..checkpoints.record import saved_steps
+from .sources import Run
 from .table import Table
 
 MODES: dict[str, tuple[str, ...]] = {
@@ -162,7 +163,7 @@ def adapter_for(run: Run, step: int) -> Path | None:
     if (saved / "adapter_config.json").is_file():
         return saved
     final = run.path / "adapter"
-    steps = [s for s, _ in step_folders(run.path / "neurons")]
+    steps = saved_steps(run.path / "neurons")
     if (final / "adapter_config.json").is_file() and steps and step == steps[-1]:
         return final
     kept = sorted(int(p.name.split("-")[1]) for p in (run.path / "checkpoints").glob("checkpoint-*")

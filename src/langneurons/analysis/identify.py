@@ -11,11 +11,11 @@ import torch
 from ..errors import HarnessError
 from ..neurons import Identification, NeuronStats, load_stats
 from ..neurons.reference import is_reference_folder
-from ..neurons.storage import atomic_write
+from ..files import atomic_write
 from .progress import note, phase
 from .settings import IdentifyCommandSettings
-from .sources import (_STEP_DIR, has_config, read_config, setting_label, split_step,
-                      step_folders)
+from ..checkpoints.record import step_folders, step_of
+from .sources import has_config, read_config, setting_label, split_step
 
 
 def output_paths(out: str) -> tuple[Path, Path]:
@@ -60,7 +60,7 @@ def checkpoint_folder(source: str) -> tuple[Path, Path | None]:
     elif at is not None:
         raise HarnessError(f"{source!r}: @<step> picks a checkpoint of a run dir; give the statistics folder alone")
     run_dir = path.parent.parent
-    if _STEP_DIR.match(path.name) and path.parent.name == "neurons" and has_config(run_dir):
+    if step_of(path.name) is not None and path.parent.name == "neurons" and has_config(run_dir):
         return path, run_dir
     return path, None
 

@@ -4,7 +4,7 @@ The paper analyses base and aligned models as they are. ``python analyze.py prob
 data.path=../shared/data/mgsm out=probes/gemma-base`` composes the *training* config (the same groups and keys as
 ``train.py``: ``model=``, ``data=``, ``probe_langs=``, ``neurons.*``, ``eval.*``), loads the model (plus
 ``adapter=``: an adapter folder, or a run dir whose final adapter is taken), and takes one neuron checkpoint with
-the code a run uses (:class:`~langneurons.callbacks.NeuronCheckpointer`): greedy answers and accuracy per language,
+the code a run uses (:class:`~langneurons.checkpoints.measure.NeuronCheckpointer`): greedy answers and accuracy per language,
 activation statistics on the probe set (``neurons.probe``: the answers, the gold responses or the plain questions),
 the identification. It writes a run-shaped folder::
 
@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import HarnessError
-from ..filecache import tmp_sibling
+from ..files import tmp_sibling
 from .sources import PROBE_RECORD as RECORD
-from .sources import read_config, step_folders
+from ..checkpoints.record import saved_steps
+from .sources import read_config
 from .settings import ProbeSettings
 from ..settings import RunSettings
 
@@ -55,7 +56,7 @@ def find_adapter(spec: str | None) -> AdapterSource | None:
         return None
     path = Path(str(spec)).expanduser()
     if (path / "adapter" / "adapter_config.json").is_file():  # a run dir
-        steps = [s for s, _ in step_folders(path / "neurons")]
+        steps = saved_steps(path / "neurons")
         return AdapterSource(path / "adapter", path, steps[-1] if steps else None)
     if not (path / "adapter_config.json").is_file():
         if not path.exists():
@@ -70,7 +71,7 @@ def find_adapter(spec: str | None) -> AdapterSource | None:
     else:
         run_dir = path.parent if path.name == "adapter" else None
         if run_dir is not None:
-            steps = [s for s, _ in step_folders(run_dir / "neurons")]
+            steps = saved_steps(run_dir / "neurons")
             step = steps[-1] if steps else None
     if run_dir is not None and not (run_dir / ".hydra" / "config.yaml").is_file():
         run_dir = None
@@ -108,7 +109,7 @@ def _load(train: "RunSettings", adapter: AdapterSource | None):
 
 def run(cfg: ProbeSettings) -> dict[str, Any]:
     """Probe the model ``cfg.config`` (the training settings) describes; write the folder ``cfg.out``."""
-    from ..callbacks import NeuronCheckpointer
+    from ..checkpoints.measure import NeuronCheckpointer
     from ..experiment import evaluation_problems, in_model_format, set_threads
 
     started = time.perf_counter()

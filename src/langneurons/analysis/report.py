@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import HarnessError
-from ..neurons.storage import atomic_write
+from ..files import atomic_write
 from . import figures as figs
 from . import wandb_io
 from .progress import phase

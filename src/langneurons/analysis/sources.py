@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .. import languages
+from ..checkpoints.record import is_checkpoint, read_record, step_folders, step_of
 from ..errors import DataError, HarnessError
 from ..neurons import Identification, NeuronStats, load_stats
 from ..neurons.dynamics import lang_type_counts
@@ -35,7 +36,6 @@ from ..settings import IdentificationSettings, identify_with
 from . import wandb_io
 
 PROBE_RECORD = "probe.json"  # written by analyze.py probe (analysis/probe.py)
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 _AT_STEP = re.compile(r"^(?P<source>.+)@(?P<step>\d+|first|last)$")
 
 
@@ -282,27 +282,6 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         raise DataError(f"{str(path)!r} cannot be read ({type(exc).__name__}: {exc}); fix or remove it") from None
 
 
-def _read_record(folder: Path) -> dict[str, Any]:
-    path = folder / "checkpoint.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{str(path)!r} is not valid JSON ({exc.msg}): the checkpoint is damaged") from None
-
-
-def step_folders(neurons_dir: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete neuron checkpoint under ``neurons_dir`` (half-written or superseded folders
-    are skipped), sorted by step."""
-    out = []
-    for path in neurons_dir.iterdir() if neurons_dir.is_dir() else ():
-        match = _STEP_DIR.match(path.name)
-        if match and path.is_dir() and ((path / "checkpoint.json").is_file() or NeuronStats.is_saved(path)):
-            out.append((int(match[1]), path))
-    return sorted(out)
-
-
 def split_step(spec: str) -> tuple[str, str | None]:
     """``outputs/a@8`` -> (``outputs/a``, ``8``); no suffix -> (spec, None)."""
     match = _AT_STEP.match(spec)
@@ -329,7 +308,7 @@ def load_run(spec: str | os.PathLike, settings: IdentifySettings | None = None, 
                                                       reidentify=reidentify)
     if wandb_io.is_wandb_source(source):
         config, found, ref = wandb_io.fetch(source, Path(cache) if cache else _default_cache())
-        run = Run(label or "", spec, "wandb", [make(s, p, _read_record(p)) for s, p in found], None, config, ref)
+        run = Run(label or "", spec, "wandb", [make(s, p, read_record(p)) for s, p in found], None, config, ref)
     else:
         path = Path(source).expanduser()
         if not path.exists():
@@ -341,16 +320,15 @@ def load_run(spec: str | os.PathLike, settings: IdentifySettings | None = None, 
             config = read_config(path)
             probed = (path / PROBE_RECORD).is_file()  # a folder analyze.py probe wrote
             run = Run(label or "", spec, "probe" if probed else "run",
-                      [make(s, p, _read_record(p)) for s, p in step_folders(path / "neurons")],
+                      [make(s, p, read_record(p)) for s, p in step_folders(path / "neurons")],
                       path, config, None if probed else wandb_io.local_ref(path, config))
-        elif _STEP_DIR.match(path.name) and path.parent.name == "neurons" and (
-                (path / "checkpoint.json").is_file() or NeuronStats.is_saved(path)):
+        elif path.parent.name == "neurons" and is_checkpoint(path):
             run_dir = path.parent.parent
             config = read_config(run_dir)
-            run = Run(label or "", spec, "checkpoint", [make(int(path.name[5:]), path, _read_record(path))], run_dir,
+            run = Run(label or "", spec, "checkpoint", [make(step_of(path.name), path, read_record(path))], run_dir,
                       config, wandb_io.local_ref(run_dir, config))
         elif NeuronStats.is_saved(path) or is_reference_folder(path):
-            record = _read_record(path)
+            record = read_record(path)
             step = record.get("step")
             loaded = None
             if step is None and NeuronStats.is_saved(path):

@@ -45,10 +45,6 @@ class Table:
     def records(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, row)) for row in self.rows]
 
-    def where(self, **equal: Any) -> list[dict[str, Any]]:
-        """The records whose columns equal the given values."""
-        return [r for r in self.records() if all(r.get(k) == v for k, v in equal.items())]
-
     def __len__(self) -> int:
         return len(self.rows)
 

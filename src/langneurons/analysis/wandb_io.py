@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import tracking
+from ..checkpoints.record import step_of, step_path
 from ..errors import HarnessError
 
 _RUN_FOLDER = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-(?P<id>[a-z0-9]+)(?:-\d+)?$")
@@ -152,10 +153,8 @@ def _step_of(artifact) -> int | None:
     step = (artifact.metadata or {}).get("step")
     if step is not None:
         return int(step)
-    for alias in artifact.aliases:
-        if re.fullmatch(r"step-\d+", alias):
-            return int(alias[5:])
-    return None
+    steps = [step_of(alias) for alias in artifact.aliases if step_of(alias) is not None]
+    return steps[0] if steps else None
 
 
 def fetch(spec: str, cache: Path) -> tuple[dict[str, Any], list[tuple[int, Path]], WandbRef]:
@@ -180,7 +179,7 @@ def fetch(spec: str, cache: Path) -> tuple[dict[str, Any], list[tuple[int, Path]
             step = _step_of(artifact)
             if step is None:
                 continue
-            folder = Path(cache) / (run.id if run is not None else name) / f"step-{step}"
+            folder = step_path(Path(cache) / (run.id if run is not None else name), step)
             artifact.download(root=str(folder))
             found.append((step, folder))
     except HarnessError:

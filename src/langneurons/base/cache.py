@@ -10,7 +10,6 @@ build instead of repeating it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -23,7 +22,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from .. import faults, filecache
+from .. import faults, files
 from ..errors import HarnessError
 from ..settings import ModelSettings, PretrainSettings
 from ..modeling import LoadedModel, build_tiny_model, build_tokenizer
@@ -85,13 +84,12 @@ def key_material(model_cfg: "ModelSettings | Mapping[str, Any]") -> dict[str, An
 
 def cache_key(model_cfg: "ModelSettings | Mapping[str, Any]") -> str:
     """The entry name of the pretrained base ``model_cfg`` describes: a short hash of :func:`key_material`."""
-    blob = json.dumps(key_material(model_cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return files.digest(key_material(model_cfg))[:16]
 
 
 def cache_root(model_cfg: "ModelSettings | Mapping[str, Any]") -> Path:
     """The folder of the tiny base's cache entries (created)."""
-    return filecache.cache_root(_tiny(model_cfg).pretrain.cache_dir, "the pretrained tiny base",
+    return files.cache_root(_tiny(model_cfg).pretrain.cache_dir, "the pretrained tiny base",
                                 "model.pretrain.cache_dir")
 
 
@@ -120,11 +118,11 @@ def tiny_base(model_cfg: "ModelSettings | Mapping[str, Any]", *, progress: bool 
     if is_complete(entry):
         log.info("tiny base: reusing the cached pretrained model %s", entry)
         return load_entry(entry)
-    with filecache.exclusive_lock(root / f"{key}.lock", "tiny base"):
+    with files.exclusive_lock(root / f"{key}.lock", "tiny base"):
         if is_complete(entry):  # another process built it while this one waited
             log.info("tiny base: reusing the pretrained model another process just built, %s", entry)
             return load_entry(entry)
-        filecache.remove_stale_tmp(root, key)  # and what a killed build of this entry left
+        files.remove_stale_tmp(root, key)  # and what a killed build of this entry left
         log.info("tiny base: pretraining it once for this configuration (a few minutes on a CPU; cached in %s)",
                  entry)
         build(model_cfg, entry, progress=progress)
@@ -135,7 +133,7 @@ def build(model_cfg: "ModelSettings | Mapping[str, Any]", entry: Path, *, progre
     """Pretrain the base ``model_cfg`` describes and save it as cache entry ``entry`` (atomically)."""
     model_cfg = _tiny(model_cfg)
     pre = model_cfg.pretrain
-    tmp = filecache.tmp_sibling(entry)
+    tmp = files.tmp_sibling(entry)
     try:
         started = time.perf_counter()
         steps, batch_size = pre.steps, pre.batch_size
@@ -151,7 +149,7 @@ def build(model_cfg: "ModelSettings | Mapping[str, Any]", entry: Path, *, progre
         manifest = {"key": entry.name, "material": key_material(model_cfg), "report": report.to_dict(),
                     "build_seconds": round(time.perf_counter() - started, 2)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        filecache.publish(tmp, entry, is_complete)
+        files.publish(tmp, entry, is_complete)
         log.info("tiny base: pretrained in %.0f s (final loss %.3f), saved to %s", manifest["build_seconds"],
                  report.final_loss, entry)
     finally:

@@ -17,9 +17,10 @@ import torch
 from datasets import Dataset
 
 from ..errors import HarnessError
-from ..evaluation import AnswerStops, eval_mode, padding_side
-from ..prompts import INSTRUCTION_STOPS, trim_answer
-from ..scoring import Scorer, is_correct
+from ..evaluation import AnswerStops, padding_side
+from ..neurons.probing import evaluating
+from ..prompts import INSTRUCTION_STOPS, is_correct, trim_answer
+from ..scoring import Scorer
 
 ENGLISH = "en"
 FORMAT = 1  # bump when the pairs built from the same inputs change: it is part of every cache key
@@ -172,7 +173,7 @@ class HFSampler:
         cuda = [device.index or 0] if device.type == "cuda" else []
         out: list[list[str]] = []
         end = AnswerStops(self.model, self.tokenizer, self.stops)
-        with torch.random.fork_rng(devices=cuda), eval_mode(self.model), torch.no_grad(), \
+        with torch.random.fork_rng(devices=cuda), evaluating(self.model), \
                 padding_side(self.tokenizer, "left"):
             torch.manual_seed(self.seed)
             batches = range(0, len(prompts), self.batch_size)

@@ -21,12 +21,6 @@ from ..errors import DataError
 from .mapo import PairSet
 
 
-def cache_key(parts: Mapping[str, Any]) -> str:
-    """A stable hash of ``parts`` (JSON-serialisable; key order does not matter)."""
-    text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def model_fingerprint(model: torch.nn.Module, tokenizer: Any, sample: int = 2048) -> str:
     """A cheap fingerprint of a model's weights and its tokenizer's vocabulary: every parameter's name, shape and
     dtype, and an evenly strided sample of its values (a few thousand numbers per tensor, even for 7B models)."""
@@ -40,15 +34,6 @@ def model_fingerprint(model: torch.nn.Module, tokenizer: Any, sample: int = 2048
     vocab = sorted(tokenizer.get_vocab().items())
     h.update(json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
     return h.hexdigest()
-
-
-def folder_state(path: str | Path | None) -> list[tuple[str, int, int]] | None:
-    """(name, size, mtime) of the files in a local folder, so that edited data changes a cache key; None for
-    anything that is not a folder (a hub id, a generated set)."""
-    if not path or not Path(str(path)).expanduser().is_dir():
-        return None
-    folder = Path(str(path)).expanduser()
-    return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.iterdir() if p.is_file())
 
 
 def folder_for(cache_dir: str | Path, key: str) -> Path:

@@ -22,7 +22,7 @@ from datasets import Dataset
 
 from .. import languages
 from ..errors import DataError
-from ..filecache import is_path
+from ..files import is_path
 from ..settings import PROBLEM_SOURCES, ProblemSettings
 from ..prompts import PromptFormat, format_prompt, format_response, parse_number, prompt_format
 from . import synthetic

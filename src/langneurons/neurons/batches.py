@@ -7,7 +7,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from ..errors import DataError, HarnessError
-from .forward import COUNT_MODES, check_langs
+from .probing import COUNT_MODES, check_langs
 
 Example = tuple[str, str, str]  # (prompt, response, language code)
 

@@ -17,18 +17,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import all_reduce_sum, is_rank_zero, world_size
 from ..errors import DataError
-from .forward import (
+from .probing import (
     COUNT_MODES,
     accepts_position_ids,
-    all_reduce_sum,
     check_langs,
     count_mask,
     decoder_stack,
-    distributed_world,
     evaluating,
     forward_kwargs,
-    is_main_process,
     lang_onehot,
     model_device,
     model_id,
@@ -148,7 +146,7 @@ class ActivationCounter:
             raise DataError("empty probe set: no batch was counted; give at least one probe batch")
         self._flush()
         counts, tokens = self._counts, self._tokens
-        world = distributed_world()
+        world = world_size()
         if reduce is None:
             reduce = world > 1
         if reduce and world > 1:
@@ -190,7 +188,7 @@ def collect_stats(
     """
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     with ActivationCounter(model, langs, count=count, device=device) as counter:
-        quiet = not progress or not is_main_process()
+        quiet = not progress or not is_rank_zero()
         for batch in tqdm(batches, total=total, desc=desc, disable=quiet, leave=False, unit="batch"):
             counter.update(batch)
     return counter.stats(reduce=reduce, metadata=metadata)

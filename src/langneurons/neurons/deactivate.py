@@ -10,17 +10,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import all_reduce_sum, is_rank_zero, world_size
 from ..errors import DataError, HarnessError
-from .forward import (
+from .probing import (
     accepts_logits_to_keep,
     accepts_position_ids,
-    all_reduce_sum,
     check_langs,
     count_mask,
-    distributed_world,
     evaluating,
     forward_kwargs,
-    is_main_process,
     lang_onehot,
     model_device,
     model_inputs,
@@ -123,7 +121,7 @@ def perplexity(
     keep_some = only_scored and accepts_logits_to_keep(model)
     seen = 0
     with evaluating(model):
-        for batch in tqdm(batches, desc="perplexity", disable=not progress or not is_main_process(), leave=False):
+        for batch in tqdm(batches, desc="perplexity", disable=not progress or not is_rank_zero(), leave=False):
             inputs = model_inputs(batch, device, position_ids)
             scored = count_mask(batch, count, device)[:, 1:]  # [B, T-1]: token t+1 is scored by the logits at t
             targets = inputs["input_ids"][:, 1:]
@@ -143,6 +141,6 @@ def perplexity(
             seen += 1
     if not seen:
         raise DataError("empty probe set: perplexity needs at least one batch")
-    if distributed_world() > 1 and reduce is not False:
+    if world_size() > 1 and reduce is not False:
         nll, tokens = all_reduce_sum([nll, tokens.double()])
     return {lang: math.exp(n / t) for lang, n, t in zip(langs, nll.tolist(), tokens.tolist()) if t > 0}

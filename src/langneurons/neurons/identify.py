@@ -124,11 +124,6 @@ class Identification:
         return torch.div(self.selected, self.num_units, rounding_mode="floor")
 
     @cached_property
-    def units_of_selected(self) -> torch.Tensor:
-        """Unit of every selected neuron within its layer, [S] int64."""
-        return self.selected % self.num_units
-
-    @cached_property
     def n_langs(self) -> torch.Tensor:
         """N, the number of languages owning each selected neuron, [S] int64."""
         return self.owners.sum(1)

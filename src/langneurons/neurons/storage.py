@@ -19,34 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ..errors import DataError
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Make the renames themselves durable; not every platform lets a directory be opened.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from ..files import atomic_write, fsync_dir
 
 
 def write_pair(
@@ -63,7 +36,7 @@ def write_pair(
     # Tensors first, JSON last: the JSON names what a complete checkpoint is, so it is the commit point.
     atomic_write(directory / f"{stem}.safetensors", blob)
     atomic_write(directory / f"{stem}.json", text.encode())
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return directory
 
 

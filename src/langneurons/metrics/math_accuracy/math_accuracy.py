@@ -3,10 +3,10 @@
 import datasets
 import evaluate
 
-from langneurons.prompts import last_number
+from langneurons.prompts import TOLERANCE, is_correct
 
 _DESCRIPTION = """The share of predictions whose last number equals the reference number (absolute difference at most
-`tolerance`, 1e-3 by default as in MAPO). Numbers may be written with thousands separators ("2,125")."""
+`tolerance`, 1e-3 by default as in MAPO: ``langneurons.prompts.is_correct``). Numbers may be written with thousands separators ("2,125")."""
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -35,10 +35,8 @@ class MathAccuracy(evaluate.Metric):
                                         "references": datasets.Value("float64")}),
         )
 
-    def _compute(self, predictions, references, tolerance=1e-3):
-        correct = 0
-        for prediction, reference in zip(predictions, references):
-            number = last_number(prediction)
-            correct += number is not None and abs(number - reference) <= tolerance
+    def _compute(self, predictions, references, tolerance=TOLERANCE):
+        correct = sum(is_correct(prediction, reference, tolerance)
+                      for prediction, reference in zip(predictions, references))
         total = len(predictions)
         return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total}

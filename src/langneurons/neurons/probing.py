@@ -1,4 +1,5 @@
-"""Running probe forwards on any wrapped causal LM: unwrapping, devices, inputs, eval mode, cross-rank sums."""
+"""What a probe forward needs from any wrapped causal LM: the inner model and its decoder stack, its device, the
+forward arguments that make probing cheap, the inputs and count masks of a batch, and eval mode."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from .. import languages
+from ..distributed import world_size
 from ..errors import DataError
 
 COUNT_MODES = ("response", "all")
@@ -34,7 +35,7 @@ def decoder_stack(model: nn.Module) -> nn.Module:
     head (a Gemma 3 head over 262k tokens costs more than its 18 layers), or ``model`` itself where the decoder must
     not be called alone: under torch.distributed (FSDP and ZeRO-3 gather parameters in the wrapper's forward) or when
     the model exposes no decoder (``get_decoder``). LoRA layers live inside the decoder, so adapters stay active."""
-    if distributed_world() > 1:
+    if world_size() > 1:
         return model
     inner = unwrap_model(model)
     get_decoder = getattr(inner, "get_decoder", None)
@@ -132,25 +133,6 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes:
             module.training = training
-
-
-def distributed_world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Sum same-dtype tensors over all ranks with ONE collective (they are packed into one buffer)."""
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    out, offset = [], 0
-    for t in tensors:
-        out.append(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
-    return out
 
 
 def check_langs(langs: Sequence[str]) -> tuple[str, ...]:

@@ -1,10 +1,20 @@
-"""On-disk caches built once and shared by runs: an entry is built in a temporary folder beside it and renamed into
-place (a crash never leaves a half-written entry), and a lock file makes a second process (another rank, a parallel
-run) wait for the first build instead of repeating it. The tiny base (``base/cache.py``) and the converted offline
-copies of real models (``offline.py``) are such caches."""
+"""Files the harness writes and caches it shares: one home for the helpers every part uses.
+
+- atomic writes: :func:`atomic_write` (a file via a temporary name and ``os.replace``), :func:`fsync_dir`;
+- cache keys: :func:`digest` (a stable hash of JSON-able parts), :func:`folder_state` (so that edited local data
+  changes a key);
+- the user's names: :func:`is_path` (a local path, not a hub id);
+- on-disk caches built once and shared by runs (the tiny base, ``base/cache.py``; converted offline models,
+  ``offline.py``): an entry is built in a temporary folder beside it and renamed into place (:func:`tmp_sibling`,
+  :func:`publish`; a crash never leaves a half-written entry), and a lock file makes a second process (another rank,
+  a parallel run) wait for the first build instead of repeating it (:func:`exclusive_lock`); what killed builds
+  left is cleared (:func:`remove_stale_tmp`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -12,7 +22,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import HarnessError
 
@@ -34,6 +44,55 @@ def is_path(name: str) -> bool:
     hub lookup to try."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
+
+# ---- atomic writes ---------------------------------------------------------------------------------------------
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename: a crash leaves the
+    old file or the new one, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (where the platform lets a directory be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---- cache keys --------------------------------------------------------------------------------------------------
+def digest(parts: Mapping[str, Any]) -> str:
+    """A stable SHA-256 hex digest of ``parts`` (JSON-serialisable, anything else by ``str``; key order does not
+    matter)."""
+    text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def folder_state(path: str | Path | None) -> list[tuple[str, int, int]] | None:
+    """(name, size, mtime) of the files in a local folder, so that edited data changes a cache key; None for
+    anything that is not a folder (a hub id, a generated set)."""
+    if not path or not Path(str(path)).expanduser().is_dir():
+        return None
+    folder = Path(str(path)).expanduser()
+    return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.iterdir() if p.is_file())
+
+
+# ---- shared caches -----------------------------------------------------------------------------------------------
 
 def cache_root(raw: str | os.PathLike | None, what: str, setting: str) -> Path:
     """The folder ``raw`` names (``~`` and ``$VARS`` expanded), created; a one-line error naming ``setting`` when it

@@ -1,57 +1,42 @@
-"""Neuron checkpoints during training: a Trainer callback that adapts the neuron science to the training loop.
+"""The measurement at a neuron checkpoint, on the current model (adapters active, eval mode, no grad, training mode
+restored afterwards):
 
-At step 0, every ``every_n_steps`` and at the end of training, on the current model (adapters active, eval mode,
-no grad, training mode restored afterwards) it:
-
-1. answers the evaluation questions of every language greedily -> accuracy per language;
-2. builds the probe set (by default those same answers, force-decoded after their prompts, response tokens only);
-3. counts activations per probe language, identifies specific / related / general neurons;
-4. compares with the previous checkpoint and with step 0 (type transitions, overlap of each language's set);
-5. saves statistics and identification under ``<run dir>/neurons/step-<N>/`` and hands everything to the tracker.
+1. answer the evaluation questions of every language greedily -> accuracy per language (and, with
+   ``eval.answer_lang``, the share of answers written in the asked language);
+2. build the probe set (by default those same answers, force-decoded after their prompts, response tokens only);
+3. count activations per probe language, identify specific / related / general neurons;
+4. compare with the previous checkpoint and with step 0 (type transitions, overlap of each language's set);
+5. save the checkpoint (:mod:`.record`) and hand it to the tracker.
 
 Under torch.distributed every rank answers and counts its share of the problems; counts and accuracies are summed
-across ranks, and only rank 0 saves and logs.
+across ranks, and only rank 0 saves and logs. :class:`NeuronCheckpointer` knows nothing of the Trainer: the callback
+(:mod:`.callback`) drives it during training, ``analyze.py probe`` on any saved model.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from copy import deepcopy
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback
 
-from . import answer_language, console, evaluation, faults
-from .prompts import PromptFormat, prompt_format
-from .errors import HarnessError, full_disk_is_one_line
-from .metrics import load_math_accuracy
-from .settings import EvalSettings, NeuronSettings
-from .neurons import Identification, NeuronStats, collect_stats, layer_distribution, make_batches
-from .neurons.dynamics import lang_type_counts, overlap, transitions
-from .neurons.forward import all_reduce_sum, distributed_world, is_main_process
-from .neurons.reference import load_stats
-from .distributed import rank_share, share_size
+from .. import answer_language, console, evaluation
+from ..distributed import all_reduce_sum, is_rank_zero, process_rank, rank_share, share_size, world_size
+from ..errors import HarnessError
+from ..metrics import load_math_accuracy
+from ..neurons import Identification, NeuronStats, collect_stats, make_batches
+from ..neurons.dynamics import overlap, transitions
+from ..neurons.reference import load_stats
+from ..prompts import PromptFormat, prompt_format
+from ..settings import EvalSettings, NeuronSettings
+from . import record
+from .record import NeuronCheckpoint
 
 log = logging.getLogger(__name__)
-
-STEP_DIR = "step-{step}"
-
-
-def saved_steps(folder: Path) -> list[int]:
-    """The steps of the complete neuron checkpoints in ``folder`` (a run's ``neurons/``), sorted."""
-    return sorted(int(path.name[5:]) for path in Path(folder).glob("step-*")
-                  if path.is_dir() and path.name[5:].isdigit() and (path / "checkpoint.json").is_file())
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if distributed_world() > 1 else 0
 
 
 def merged_copy(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -62,7 +47,7 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module | None:
     restore its frozen weights bit for bit."""
     from peft import PeftModel
 
-    if not isinstance(model, PeftModel) or distributed_world() > 1:
+    if not isinstance(model, PeftModel) or world_size() > 1:
         return None
     base = model.get_base_model()
     if getattr(base, "hf_quantizer", None) is not None or getattr(base, "hf_device_map", None):
@@ -74,40 +59,6 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module | None:
         module.__dict__.pop("forward", None)
     return merged
 
-
-@dataclass
-class NeuronCheckpoint:
-    """Everything measured at one step."""
-
-    step: int
-    stats: NeuronStats
-    ident: Identification | None
-    accuracy: dict[str, float]
-    answer_lang: dict[str, float]  # share of answers written in the asked language (empty: not checked)
-    samples: list[dict[str, Any]]
-    since_previous: dict[str, torch.Tensor] | None = None
-    since_start: dict[str, torch.Tensor] | None = None
-    overlap_start: dict[str, float] | None = None
-    seconds: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)  # seconds: answer, count, identify, save
-    path: Path | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def lang_type_counts(self) -> dict[str, dict[str, int]]:
-        """Neurons of each type per language (specific / related owned by it; general is shared by all)."""
-        if self.ident is None:
-            return {}
-        return lang_type_counts(self.ident)
-
-
-def checkpoint_line(ckpt: NeuronCheckpoint) -> str:
-    """One console line for a checkpoint: its accuracy per language and the neurons of each type."""
-    acc = " ".join(f"{lang} {v:.2f}" for lang, v in ckpt.accuracy.items() if lang != "avg")
-    line = f"neuron checkpoint at step {ckpt.step} ({ckpt.seconds:.1f} s): accuracy {acc} (avg {ckpt.accuracy.get('avg', 0):.2f})"
-    if ckpt.ident is not None:
-        t = ckpt.ident.totals
-        line += f"; neurons: {t['specific']} specific, {t['related']} related, {t['general']} general"
-    return line + "".join(f"; note: {n}" for n in ckpt.notes)
 
 
 class NeuronCheckpointer:
@@ -135,21 +86,18 @@ class NeuronCheckpointer:
 
     # ---- history ---------------------------------------------------------------------------------------------------
     def saved_steps(self) -> list[int]:
-        return saved_steps(self.out_dir)
+        return record.saved_steps(self.out_dir)
 
     def restore(self, up_to_step: int) -> list[int]:
         """Reload the history of a resumed run: step 0 and the latest checkpoint at or before ``up_to_step``.
         Checkpoints after it (written by the interrupted run past its last trainer save) are moved aside."""
         steps = self.saved_steps()
-        for step in [s for s in steps if s > up_to_step and is_main_process()]:  # one rank moves, all read
-            stale = self.out_dir / STEP_DIR.format(step=step)
-            stale.rename(stale.with_name(f"{stale.name}.superseded-{int(time.time())}"))
+        for step in [s for s in steps if s > up_to_step and is_rank_zero()]:  # one rank moves, all read
+            record.supersede(self.out_dir, step)
         steps = [s for s in steps if s <= up_to_step]
         if steps:
-            if Identification.is_saved(self.out_dir / STEP_DIR.format(step=steps[0])):
-                self.start = Identification.load(self.out_dir / STEP_DIR.format(step=steps[0]))
-            if Identification.is_saved(self.out_dir / STEP_DIR.format(step=steps[-1])):
-                self.previous = Identification.load(self.out_dir / STEP_DIR.format(step=steps[-1]))
+            self.start = record.load_identification(self.out_dir, steps[0])
+            self.previous = record.load_identification(self.out_dir, steps[-1])
         return steps
 
     # ---- one checkpoint --------------------------------------------------------------------------------------------
@@ -161,12 +109,12 @@ class NeuronCheckpointer:
     # answer on any rank is done. The padding never changes a result: summed over ranks the statistics and the
     # accuracy are those of one process (tests/test_distributed.py).
     def _share(self, rows: Sequence[Any]) -> list[Any]:
-        world = distributed_world()
-        return list(rows) if world == 1 else rank_share(rows, _rank(), world)
+        world = world_size()
+        return list(rows) if world == 1 else rank_share(rows, process_rank(), world)
 
     def _answers(self, model: torch.nn.Module, langs: Sequence[str], step: int = 0) -> dict[str, list[str]]:
         out = {}
-        world = distributed_world()
+        world = world_size()
         if self._stops is None:
             self._stops = evaluation.AnswerStops(model, self.tokenizer, self.format.stop)
         batch_size = self.eval_cfg.batch_size
@@ -202,7 +150,7 @@ class NeuronCheckpointer:
             correct.append(float(metric.compute(predictions=predictions, references=golds[lang])["correct"]))
         sums = [torch.tensor(correct, dtype=torch.float64), torch.tensor(in_lang, dtype=torch.float64),
                 torch.tensor([float(len(golds[lang])) for lang in self.eval_langs], dtype=torch.float64)]
-        if distributed_world() > 1:
+        if world_size() > 1:
             sums = all_reduce_sum(sums)
         correct_t, in_lang_t, total = sums
         acc = {lang: float(c / t) if t else 0.0 for lang, c, t in zip(self.eval_langs, correct_t, total)}
@@ -226,7 +174,7 @@ class NeuronCheckpointer:
             else:  # plain text: the question itself, every token counted
                 prompts, texts = self._share(rows["question"]), [""] * len(prompts)
             # the first n problems overall (as in one process), not n from every rank's share
-            keep = len(range(_rank(), self._probe_limit(lang), distributed_world()))
+            keep = len(range(process_rank(), self._probe_limit(lang), world_size()))
             examples += [(p, t, lang) for p, t in list(zip(prompts, texts))[:keep]]
         return examples, ("all" if probe == "text" else "response")
 
@@ -238,7 +186,7 @@ class NeuronCheckpointer:
         """Probe batches of ``examples``, padded to as many rows (hence batches) as the longest rank's share; padded
         rows have an empty count_mask, so they count nothing (count_mask marks every counted token, also for
         count="all")."""
-        world = distributed_world()
+        world = world_size()
         rows = sum(share_size(self._probe_limit(lang), world) for lang in self.probe_langs)
         real = len(examples)
         first = self.probe_langs[0]
@@ -310,8 +258,8 @@ class NeuronCheckpointer:
             if self.start is None:
                 self.start = ckpt.ident
         phases["identify"], mark = time.perf_counter() - mark, time.perf_counter()
-        if is_main_process():
-            ckpt.path = self._save(ckpt, written=lambda: {"seconds": time.perf_counter() - started,
+        if is_rank_zero():
+            ckpt.path = self._save(ckpt, timings=lambda: {"seconds": time.perf_counter() - started,
                                                           "phases": {**phases, "save": time.perf_counter() - mark}})
         phases["save"] = time.perf_counter() - mark
         ckpt.seconds = time.perf_counter() - started
@@ -322,98 +270,10 @@ class NeuronCheckpointer:
         rows = []
         for lang in self.eval_langs:
             for i, answer in enumerate(answers[lang][:k]):
-                row = self.problems[lang][i * distributed_world() + _rank()]
+                row = self.problems[lang][i * world_size() + process_rank()]
                 rows.append({"lang": lang, "id": row["id"], "question": row["question"], "answer": answer.strip(),
                              "gold": row["answer"]})
         return rows
 
-    def _save(self, ckpt: NeuronCheckpoint, written=None) -> Path:
-        """Write the checkpoint into a temporary folder, then rename it into place: a crash never leaves a partial
-        ``step-<N>`` folder behind. ``written()`` gives the record's ``seconds`` and ``phases`` once everything else
-        is written (so that they include the writing). A full disk is a one-line error; the earlier checkpoints stay
-        as they were."""
-        final = self.out_dir / STEP_DIR.format(step=ckpt.step)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)  # a write that a kill cut short
-        try:
-            with full_disk_is_one_line("the neuron checkpoint", final, run_dir=self.out_dir.parent):
-                return self._write(ckpt, tmp, final, written)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    def _write(self, ckpt: NeuronCheckpoint, tmp: Path, final: Path, written=None) -> Path:
-        tmp.mkdir(parents=True)
-        ckpt.stats.save(tmp)
-        record: dict[str, Any] = {"step": ckpt.step, "accuracy": ckpt.accuracy, "answer_lang": ckpt.answer_lang,
-                                  "seconds": ckpt.seconds, "phases": ckpt.phases,
-                                  "notes": ckpt.notes, "samples": ckpt.samples}
-        if ckpt.ident is not None:
-            ckpt.ident.save(tmp)
-            record["identification"] = ckpt.ident.summary()
-            record["lang_type_counts"] = ckpt.lang_type_counts()
-            record["layer_distribution"] = layer_distribution(ckpt.ident).to_dict()
-            if ckpt.overlap_start is not None:
-                record["overlap_with_start"] = ckpt.overlap_start
-            for name, mats in (("since_previous", ckpt.since_previous), ("since_start", ckpt.since_start)):
-                if mats is not None:
-                    record[f"transitions_{name}"] = {lang: m.tolist() for lang, m in mats.items()}
-        if written is not None:
-            record.update(written())
-        faults.reach("checkpoint.write", tmp)
-        (tmp / "checkpoint.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        return final
-
-
-class NeuronCheckpointCallback(TrainerCallback):
-    """Drives a :class:`NeuronCheckpointer` from the Trainer: step 0, every ``every_n_steps``, and the end.
-
-    On a step where the Trainer also saves, the neuron checkpoint is taken right *after* the trainer checkpoint
-    (``on_save``), so the two always agree: a crash in between leaves a trainer checkpoint without its neuron
-    checkpoint, and the resumed run takes exactly that one again, from the same weights. With
-    ``every_n_steps`` a multiple of ``trainer.save_steps`` a resumed run repeats no checkpoint step and misses none.
-    """
-
-    def __init__(self, checkpointer: NeuronCheckpointer, every_n_steps: int, on_checkpoint=None):
-        self.checkpointer = checkpointer
-        self.every = int(every_n_steps or 0)
-        self.on_checkpoint = on_checkpoint  # called on rank 0 with each NeuronCheckpoint (the tracker's hook)
-        self.taken: set[int] = set()
-        self.pending: int | None = None
-
-    def _take(self, model: torch.nn.Module, step: int) -> None:
-        if step in self.taken:
-            return
-        ckpt = self.checkpointer.take(model, step)
-        self.taken.add(step)
-        if is_main_process():
-            log.info("%s", checkpoint_line(ckpt))
-        if self.on_checkpoint is not None and is_main_process():
-            self.on_checkpoint(ckpt)
-
-    def _due(self, step: int) -> bool:
-        return step == 0 or (self.every > 0 and step % self.every == 0)
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step > 0:  # resumed: continue the saved history instead of starting a new one
-            self.taken.update(self.checkpointer.restore(state.global_step))
-        if self._due(state.global_step):
-            self._take(model, state.global_step)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self._due(state.global_step):
-            if control.should_save:
-                self.pending = state.global_step
-            else:
-                self._take(model, state.global_step)
-
-    def on_save(self, args, state, control, model=None, **kwargs):
-        if self.pending == state.global_step:
-            self.pending = None
-            self._take(model, state.global_step)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self._take(model, state.global_step)
+    def _save(self, ckpt: NeuronCheckpoint, timings=None) -> Path:
+        return record.write(ckpt, self.out_dir, timings)
