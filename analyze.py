@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,4 +20,12 @@ from langneurons.analysis.cli import main
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], conf_dir=Path(__file__).resolve().parent / "conf" / "analyze"))
+    code = main(sys.argv[1:], conf_dir=Path(__file__).resolve().parent / "conf" / "analyze")
+    wandb_io = sys.modules.get("langneurons.analysis.wandb_io")  # loaded by the subcommands (not for --help)
+    if wandb_io is not None and wandb_io.abandoned():
+        # a W&B call given up on (timeout=) still waits for the server, and so would wandb's exit hooks: everything
+        # is written and said, so the process ends without them
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -37,16 +37,19 @@ class RunResult:
     wandb_mode: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
     aligned: tuple[str, ...] = ()
+    wandb_project: tuple[str | None, str | None, str | None] = (None, None, None)  # entity, project, group
 
     def report(self) -> str:
-        """What a user reads at the end of a run: where it went, how to look at it, and its first and last neuron
-        checkpoints side by side."""
+        """What a user reads at the end of a run: where it went, how to look at it (online: the project's saved
+        view, ``analyze.py workspace``), and its first and last neuron checkpoints side by side."""
         lines = [f"Run finished: {self.run_dir}", f"  adapter:   {self.adapter_dir}"]
         if self.wandb_dir is not None:
             lines += [f"  W&B run ({self.wandb_mode}): {self.wandb_dir}",
                       f"  look at it:  wandb leet {self.wandb_dir}"]
             if self.wandb_mode == "offline":
                 lines.append(f"  upload it:   wandb sync {self.wandb_dir}")
+            if self.wandb_mode == "online":
+                lines += tracking.view_lines(*self.wandb_project)
         return "\n".join(lines + checkpoint_summary(self.run_dir, self.aligned))
 
 
@@ -275,6 +278,7 @@ def _run(cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str], progre
     finally:
         wandb_dir = tracking.run_files_dir(run)
         mode = run.settings.mode if run is not None else None
+        where = (run.entity, run.project, run.group) if run is not None else (None, None, None)
         tracking.finish(run, exit_code)
     return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, wandb_dir=wandb_dir, wandb_mode=mode,
-                     metrics=dict(output.metrics), aligned=tuple(aligned))
+                     metrics=dict(output.metrics), aligned=tuple(aligned), wandb_project=where)

@@ -68,7 +68,20 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "langneurons.analysis.commands:deactivate",
         "zero each language's neurons and measure perplexity (and accuracy) on every language: heatmaps",
     ),
+    "workspace": Subcommand(
+        "langneurons.analysis.commands:workspace",
+        "save a W&B workspace view of a project laid out for this study (offline: out= writes its JSON)",
+    ),
+    "wandb-report": Subcommand(
+        "langneurons.analysis.commands:wandb_report",
+        "publish the report's content as a W&B report, to share as a link (offline: out= writes its JSON)",
+    ),
 }
+
+
+def config_stem(name: str) -> str:
+    """The file of subcommand ``name`` under conf/analyze: ``wandb-report`` -> ``wandb_report``."""
+    return name.replace("-", "_")
 
 
 def parse(name: str, cfg: dict[str, Any]) -> Any:
@@ -96,7 +109,7 @@ def compose(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, An
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    path = conf_dir / f"{name}.yaml"
+    path = conf_dir / f"{config_stem(name)}.yaml"
     if not path.is_file():
         raise HarnessError(f"no config {str(path)!r} for subcommand {name!r}: the conf/analyze folder is incomplete")
     known = list(dict.fromkeys(key for f in config_files(conf_dir, name) for key in OmegaConf.load(f).keys()
@@ -111,7 +124,7 @@ def compose(conf_dir: Path, name: str, overrides: Sequence[str]) -> dict[str, An
             raise HarnessError(f"unknown key {key!r} for {name}: known keys are {', '.join(map(str, known))}")
     try:
         with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
-            cfg = hydra_compose(config_name=name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_stem(name), overrides=list(overrides))
     except HydraException as exc:
         raise HarnessError(str(exc).splitlines()[0]) from None
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -145,7 +158,7 @@ def config_files(conf_dir: Path, name: str) -> list[Path]:
     """The subcommand's YAML file and the shared files its defaults list includes (in that order)."""
     from omegaconf import OmegaConf
 
-    path = conf_dir / f"{name}.yaml"
+    path = conf_dir / f"{config_stem(name)}.yaml"
     included = OmegaConf.load(path).get("defaults") or []
     return [path, *(conf_dir / f"{entry}.yaml" for entry in included if isinstance(entry, str) and entry != "_self_")]
 

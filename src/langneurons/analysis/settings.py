@@ -205,6 +205,60 @@ class ProbeSettings(Settings):
         return super().from_config(cfg, prefix)
 
 
+def _text(value: Any) -> Any:
+    """A name from the command line: Hydra gives ``entity=123`` as a number."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# a W&B entity, project or group name (Hydra may give a number)
+Name = Annotated[str, Field(min_length=1), BeforeValidator(_text)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class WorkspaceSettings(Settings):
+    """``workspace``: the saved workspace view of a W&B project (conf/analyze/workspace.yaml)."""
+
+    HINTS: ClassVar[dict[str, str]] = {"timeout": "seconds, > 0", "runs": "a list of run dirs, e.g. [outputs/a]"}
+    entity: Name
+    project: Name
+    group: Name | None
+    langs: Languages
+    runs: Annotated[tuple[str, ...], Field(strict=False, min_length=1)] | None
+    name: Name
+    out: str | None
+    timeout: Seconds
+    given: Strings
+
+    @field_validator("runs", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        return _sources(value)
+
+
+class WandbReportSettings(_Identification):
+    """``wandb-report``: the HTML report's content as a W&B report (conf/analyze/wandb_report.yaml)."""
+
+    HINTS: ClassVar[dict[str, str]] = {"timeout": "seconds, > 0"}
+    runs: Annotated[tuple[str, ...], Field(strict=False, min_length=1)]
+    labels: Annotated[tuple[str, ...], Field(strict=False)] | None
+    reidentify: bool
+    cache: str | None
+    entity: Name
+    project: Name
+    title: str | None
+    out: str | None
+    step: Step
+    before: Step
+    after: Step
+    trained: Languages
+    timeout: Seconds
+
+    @field_validator("runs", "labels", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        return _sources(value)
+
+
 SETTINGS: dict[str, type[Settings]] = {
     "probe": ProbeSettings,
     "identify": IdentifyCommandSettings,
@@ -215,4 +269,6 @@ SETTINGS: dict[str, type[Settings]] = {
     "overlap": OverlapSettings,
     "spontaneous": SpontaneousSettings,
     "deactivate": DeactivateSettings,
+    "workspace": WorkspaceSettings,
+    "wandb-report": WandbReportSettings,
 }

@@ -1,4 +1,5 @@
-"""W&B for analysis: read back a run's offline W&B log, fetch runs and artifacts when online, log analysis results.
+"""W&B for analysis: read back a run's offline W&B log, fetch runs and artifacts when online, log analysis results,
+save views and reports (``analysis/wandb_views.py`` builds them).
 
 Offline runs cannot be read by ``wandb.Api`` (docs/pitfalls.md, W&B); they are read with ``wandb leet inspect --json``.
 Anything that needs the W&B servers fails with one line that says to pass a local run dir instead.
@@ -96,6 +97,40 @@ def logged_history(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def history_keys(records: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """{key: kind} of every value the history records of a W&B run hold (``wandb leet inspect --json``, one dict
+    per record): ``number``, or a media value's ``_type`` (``table-file``, ``image-file``, ``histogram``), which
+    the reader flattens into ``<key>._type``."""
+    out: dict[str, str] = {}
+    for record in records:
+        if record.get("type") != "history":
+            continue
+        item = record["history"]["item"]
+        media = {k[: -len("._type")]: v for k, v in item.items() if k.endswith("._type")}
+        out.update(media)
+        for key, value in item.items():
+            if key.startswith("_") or any(key.startswith(m + ".") for m in media):
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.setdefault(key, tracking.NUMBER)
+    return out
+
+
+def logged_keys(run_dir: Path) -> dict[str, str]:
+    """{key: kind} of everything a local run logged to W&B (all of its run folders), read back with
+    ``wandb leet inspect --json``."""
+    out: dict[str, str] = {}
+    for folder in run_folders(run_dir):
+        out.update(history_keys(read_records(folder)))
+    return out
+
+
+def is_offline_only(ref: WandbRef | None) -> bool:
+    """Whether a local run was only logged offline (every folder ``offline-run-*``): the server has it once
+    ``wandb sync`` uploads it."""
+    return ref is not None and bool(ref.folders) and all(f.name.startswith("offline-") for f in ref.folders)
+
+
 # ---- the server ----------------------------------------------------------------------------------------------------
 def is_wandb_source(spec: str) -> bool:
     return spec.startswith(WANDB_PREFIX) or bool(WANDB_URL.match(spec))
@@ -191,6 +226,122 @@ def fetch(spec: str, cache: Path) -> tuple[dict[str, Any], list[tuple[int, Path]
     return config, sorted(found), ref
 
 
+# ---- saved views and reports ---------------------------------------------------------------------------------------
+def can_save(what: str, out: Any) -> bool:
+    """Whether ``what`` (a view, a report) is saved to the server now: W&B online (a login, and ``WANDB_MODE`` not
+    offline). Offline, ``out`` (a folder for its JSON) is what the command makes; without it, a one-line error
+    that says how to log in."""
+    if tracking.resolve_mode(None) == "online":
+        return True
+    if out:
+        return False
+    why = (f"WANDB_MODE={os.environ['WANDB_MODE']}" if os.environ.get("WANDB_MODE")
+           else "no W&B login on this machine")
+    raise HarnessError(f"saving {what} needs the W&B server ({why}): `wandb login` (or set WANDB_API_KEY) and run "
+                       "this again, or give out=<folder> to write its JSON offline")
+
+
+_ABANDONED: list[str] = []  # the W&B calls this process gave up on (their threads still wait for the server)
+
+
+def abandoned() -> bool:
+    """Whether this process gave up on a W&B call (:func:`bounded`): wandb's exit hooks would wait for it too, so
+    ``analyze.py`` then ends without them."""
+    return bool(_ABANDONED)
+
+
+def bounded(what: str, call, seconds: float):
+    """``call()``, waited for at most ``seconds``: the W&B client retries a server that does not answer for many
+    minutes, and a command must not hang on it. The call runs in a daemon thread, left waiting when it takes
+    longer (:func:`abandoned`). Errors are one line."""
+    import threading
+
+    done: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            done["value"] = call()
+        except BaseException as exc:  # re-raised below as one line
+            done["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"W&B: {what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        _ABANDONED.append(what)
+        raise HarnessError(f"{what}: the W&B server did not answer within {seconds:g} s (timeout=); check the "
+                           "network and `wandb login`, or give out=<folder> to write the JSON offline")
+    error = done.get("error")
+    if isinstance(error, HarnessError):
+        raise error
+    if error is not None:
+        raise HarnessError(f"{what}: {_reason(error)}; check the entity and project, and `wandb login`") from None
+    return done.get("value")
+
+
+_PROJECT_VIEWS = """
+query ProjectViews($entityName: String, $name: String, $viewType: String) {
+  project(name: $name, entityName: $entityName) {
+    allViews(viewType: $viewType) { edges { node { id name displayName } } }
+  }
+}
+"""
+
+
+def save_view(workspace, timeout: float) -> str:
+    """Save a workspace view into its project: over the project's view of the same name when it has one (the
+    library's ``save()`` otherwise always makes a new one), else as a new view. Returns the view's URL."""
+    import wandb
+    from wandb_workspaces._graphql import execute_graphql
+
+    def save() -> str:
+        api = wandb.Api(timeout=max(1, int(timeout)))
+        found = execute_graphql(api, _PROJECT_VIEWS, {"entityName": workspace.entity, "name": workspace.project,
+                                                      "viewType": "project-view"})
+        if found.get("project") is None:
+            raise HarnessError(f"W&B has no project {workspace.entity}/{workspace.project} (or you cannot see it): "
+                               "log or `wandb sync` a run into it first")
+        same = [e["node"] for e in found["project"]["allViews"]["edges"]
+                if e["node"].get("displayName") == workspace.name]
+        if same:
+            workspace._internal_name, workspace._internal_id = same[0]["name"], same[0]["id"]
+        workspace.save()
+        return workspace.url
+
+    return bounded(f"saving the view {workspace.name!r}", save, timeout)
+
+
+def save_report(report, timeout: float) -> str:
+    """Publish a report (a new one on each call). Returns its URL."""
+
+    def save() -> str:
+        report.save()
+        return report.url
+
+    return bounded(f"saving the report {report.title!r}", save, timeout)
+
+
+def project_runs(entity: str, project: str, group: str | None, timeout: float,
+                 limit: int = 500) -> list[tuple[dict[str, Any], str, str]]:
+    """(config, run id, name) of the project's runs (of ``group``, when given), newest first, at most ``limit``."""
+    import wandb
+
+    def fetch_runs() -> list[tuple[dict[str, Any], str, str]]:
+        api = wandb.Api(timeout=max(1, int(timeout)))
+        runs = api.runs(f"{entity}/{project}", filters={"group": group} if group else None, order="-created_at",
+                        per_page=100)
+        found = []
+        for run in runs:
+            if len(found) >= limit:
+                break
+            if getattr(run, "job_type", None) == "analysis":
+                continue
+            found.append((_unwrap_config(dict(run.config)), run.id, run.name))
+        return found
+
+    return bounded(f"listing the runs of {entity}/{project}", fetch_runs, timeout)
+
+
 # ---- logging analysis results --------------------------------------------------------------------------------------
 LOG_MODES = ("off", "new", "resume")
 
@@ -209,10 +360,12 @@ def _log(run, figures: Iterable[tuple[str, Path]], tables: Iterable[Any], step: 
          history_step: int | None = None) -> None:
     import wandb
 
-    data: dict[str, Any] = {f"analysis/{name}": wandb.Image(str(png)) for name, png in figures}
-    data.update({f"analysis/{t.name}": t.to_wandb() for t in tables})
+    tables = list(tables)
+    names = [t.name for t in tables]
+    data: dict[str, Any] = {tracking.analysis_figure_key(name, names): wandb.Image(str(png)) for name, png in figures}
+    data.update({tracking.Keys.analysis(name=t.name): t.to_wandb() for t in tables})
     if step is not None:
-        data[tracking.STEP_KEY] = step
+        data[tracking.Keys.step()] = step
     if history_step is None:
         run.log(data)
     else:
@@ -220,14 +373,18 @@ def _log(run, figures: Iterable[tuple[str, Path]], tables: Iterable[Any], step: 
 
 
 def log_new_run(figures: list[tuple[str, Path]], tables: list[Any], out: Path, config: dict[str, Any],
-                project: str | None, entity: str | None, name: str | None) -> dict[str, Any]:
-    """Log the figures and tables as one new W&B run (job_type ``analysis``) whose files live in ``out``."""
+                project: str | None, entity: str | None, name: str | None,
+                timeout: float | None = None) -> dict[str, Any]:
+    """Log the figures and tables as one new W&B run (job_type ``analysis``) whose files live in ``out``;
+    ``timeout``: the seconds its start may wait for the server (W&B's default: 90)."""
     import wandb
 
     mode = tracking.resolve_mode(None)
+    waits = {"init_timeout": float(timeout)} if timeout else {}
+    wandb.setup(settings=wandb.Settings(silent=True))  # W&B's own console lines (its login) stay off stderr
     run = wandb.init(project=project or "langneurons", entity=entity, name=name, job_type="analysis",
                      group="analysis", dir=str(out), mode=mode, config=config, reinit="finish_previous",
-                     settings=wandb.Settings(silent=True))
+                     settings=wandb.Settings(silent=True, **waits))
     try:
         _log(run, figures, tables, None)
         folder = tracking.run_files_dir(run)
@@ -256,8 +413,8 @@ def log_onto_run(ref: WandbRef, run_dir: Path | None, figures: list[tuple[str, P
                      resume="must" if mode == "online" else "allow", dir=str(run_dir) if run_dir else None,
                      mode=mode, reinit="finish_previous", settings=wandb.Settings(silent=True))
     try:
-        run.define_metric(tracking.STEP_KEY)
-        run.define_metric("analysis/*", step_metric=tracking.STEP_KEY)
+        run.define_metric(tracking.Keys.step())
+        run.define_metric(tracking.Keys.analysis(name="*"), step_metric=tracking.Keys.step())
         _log(run, figures, tables, step, history_step)
         folder = tracking.run_files_dir(run)
         result = {"mode": mode, "run_id": run.id, "folder": str(folder) if folder else None}
