@@ -173,7 +173,15 @@ def test_a_server_that_never_answers_is_one_line_and_exit_2_within_the_timeout(d
     server.bind(("127.0.0.1", 0))
     server.listen(16)
     held = []
-    threading.Thread(target=lambda: [held.append(server.accept()) for _ in range(16)], daemon=True).start()
+
+    def hold() -> None:  # accept every connection and never answer; ends when the test closes the socket
+        try:
+            while len(held) < 16:
+                held.append(server.accept())
+        except OSError:
+            pass
+
+    threading.Thread(target=hold, daemon=True).start()
     env = {**os.environ, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{server.getsockname()[1]}",
            "LANGNEURONS_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
     args = {"workspace": [], "wandb-report": [f"runs=[{default_run[0]}]"]}[command]
