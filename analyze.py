@@ -14,7 +14,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from langneurons.analysis.cli import main
+from langneurons import cpu_numerics
+
+cpu_numerics.pin()  # before torch: the probes of `analyze.py probe` compute what train.py's checkpoints do
+from langneurons.analysis.cli import main  # noqa: E402
 
 # TRL / PEFT still call a transformers API deprecated in 5.x when an adapter loads; theirs to fix, nothing for users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -15,6 +15,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from langneurons import cpu_numerics
+
+# Before torch starts: its CPU kernels and MKL's branch pinned to AVX2, so the same run computes the same numbers on
+# every x86 CPU (an exported ATEN_CPU_CAPABILITY / MKL_CBWR wins; docs/pitfalls.md, "CPU").
+cpu_numerics.pin()
 # Before any Hugging Face import: no telemetry pings from a training job.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # TRL 1.x still calls a transformers API deprecated in 5.x; the warning is theirs to fix and says nothing to users.

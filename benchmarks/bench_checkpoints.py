@@ -21,6 +21,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+from langneurons import cpu_numerics  # noqa: E402
+
+cpu_numerics.pin()  # before torch: the same kernels on every x86 CPU
 
 from omegaconf import OmegaConf  # noqa: E402
 

@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from langneurons import cpu_numerics  # noqa: E402
+
+cpu_numerics.pin()  # before torch: the same kernels on every x86 CPU
 
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402

@@ -32,6 +32,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from langneurons import cpu_numerics  # noqa: E402
+
+cpu_numerics.pin()  # before torch: the same kernels on every x86 CPU
 
 import torch  # noqa: E402
 

@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.pretrain.steps=3000")
     args = parser.parse_args()
 
+    from langneurons import cpu_numerics
+
+    cpu_numerics.pin()  # before torch: the base train.py builds, on every x86 CPU
     import torch
     from omegaconf import OmegaConf
 

@@ -22,6 +22,10 @@ os.environ["NETRC"] = str(ROOT / "tests" / "no-such-netrc")
 # Tiny models gain nothing from a second thread, and on a busy machine oversubscribed threads make each run 5-7x
 # slower; tests run one thread per process unless told otherwise.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The kernels train.py pins (before torch is imported): a base the tests pretrain in-process is the one it builds.
+from langneurons import cpu_numerics  # noqa: E402
+
+cpu_numerics.pin()
 
 
 @pytest.fixture

@@ -112,6 +112,16 @@ def test_cache_key_changes_with_what_the_weights_depend_on(tmp_path, path, value
     assert cache_key(changed) != cache_key(cfg)
 
 
+def test_cache_key_changes_with_the_cpu_kernels(tmp_path, monkeypatch):
+    """A base computed with other kernels (ATEN_CPU_CAPABILITY / MKL_CBWR exported) is another base."""
+    from langneurons import cpu_numerics
+
+    cfg = micro_cfg(tmp_path)
+    before = cache_key(cfg)
+    monkeypatch.setattr(cpu_numerics, "describe", lambda: {"torch_cpu_capability": "AVX512", "mkl_cbwr": "AUTO"})
+    assert cache_key(cfg) != before
+
+
 def test_cache_key_ignores_where_and_whether(tmp_path):
     cfg = micro_cfg(tmp_path)
     moved = copy.deepcopy(cfg)

@@ -2,10 +2,10 @@
 
 An entry is ``<cache_dir>/<key>/`` (weights, tokenizer, ``pretrain.json``), where ``key`` hashes everything the
 weights depend on: architecture, tokenizer settings, prompt template, the pretrain block (corpus, steps, lr, seed),
-a fingerprint of the generated texts, this module's build version and the versions of torch, transformers and
-tokenizers. An entry is built in a temporary folder beside it and renamed into place, so a crash never leaves a
-half-written entry; a lock file makes a second process (another rank, a parallel run) wait for the first
-build instead of repeating it.
+a fingerprint of the generated texts, this module's build version, the versions of torch, transformers and
+tokenizers, and the CPU kernels the weights are computed with (:mod:`..cpu_numerics`). An entry is built in a
+temporary folder beside it and renamed into place, so a crash never leaves a half-written entry; a lock file makes
+a second process (another rank, a parallel run) wait for the first build instead of repeating it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from .. import faults, files
+from .. import cpu_numerics, faults, files
 from ..errors import HarnessError
 from ..settings import ModelSettings, PretrainSettings
 from ..modeling import LoadedModel, build_tiny_model, build_tokenizer
@@ -79,6 +79,8 @@ def key_material(model_cfg: "ModelSettings | Mapping[str, Any]") -> dict[str, An
         "pretrain": {k: v for k, v in pre.items() if k not in _NOT_IN_KEY},
         "texts": corpus_mod.fingerprint(model_cfg.pretrain.corpus, template),
         "versions": {lib: version(lib) for lib in ("torch", "transformers", "tokenizers")},
+        # the kernels the weights were computed with (cpu_numerics: AVX2 unless the user chose others)
+        "cpu": cpu_numerics.describe(),
     }
 
 
