@@ -8,7 +8,7 @@ counts per language and type, at step 0 and at the end of training, with both so
 
 Each run is one ``python train.py model.pretrain.seed=<base> seed=<seed> logger=none <overrides>``: ``--bases`` are
 builds of the tiny base (``model.pretrain.seed``: its initialisation and data order; each is built once and cached,
-about 3.3 minutes), ``--seeds`` the alignment seeds (the adapter's initialisation, the data order and MAPO's
+about 5 minutes on one core), ``--seeds`` the alignment seeds (the adapter's initialisation, the data order and MAPO's
 sampling). The figures are read back from the runs' neuron checkpoints (``neurons/step-<N>/checkpoint.json``).
 
 Printed: the time of each run; per measure and language, step 0 (mean ± sd over the bases: step 0 depends on the
