@@ -48,12 +48,15 @@ def test_the_slurm_launcher_can_be_built():
     assert isinstance(local, LocalLauncher) and local.params["gpus_per_node"] == 0
 
 
-# A Hydra app whose jobs end the three ways a job of train.py can: ok, train.py's one-line error (exit 2), a crash.
+# A Hydra app whose jobs end the three ways a job of train.py can: ok, train.py's one-line error (exit 2), a crash;
+# the job named by +slow= ends 3 s late, so the jobs end in a known order.
 APP = """
-import sys, hydra
+import sys, time, hydra
 
 @hydra.main(config_path=None, version_base="1.3")
 def main(cfg):
+    if cfg.end == cfg.slow:
+        time.sleep(3)
     if cfg.end == "error":
         print("error: end=error fails as train.py fails", file=sys.stderr)
         sys.exit(2)
@@ -72,16 +75,17 @@ def multirun(script: Path, *overrides: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def test_the_local_launcher_prints_each_jobs_log_and_how_it_ended(tmp_path):
+@pytest.mark.parametrize("slow", ["crash", "error"])
+def test_the_local_launcher_prints_each_jobs_log_and_how_it_ended(tmp_path, slow):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed")
     (tmp_path / "app.py").write_text(APP)
-    out = multirun(tmp_path / "app.py", "hydra.sweep.dir=m", "+end=ok,error,crash")
+    out = multirun(tmp_path / "app.py", "hydra.sweep.dir=m", "+end=ok,error,crash", f"+slow={slow}")
     assert out.returncode == 1, out.stdout + out.stderr
     lines = [line.split("[HYDRA] ", 1)[-1] for line in out.stdout.splitlines()]
     submitted = {}
-    for line in lines:  # "#0 +end=ok: submitted as job 1234, log m/.submitit/1234/1234_0_log.out"
-        if match := re.fullmatch(r"#(\d) \+end=(\w+): submitted as job (\d+), log m/\.submitit/(\d+)/(\d+)_0_log\.out",
-                                 line):
+    for line in lines:  # "#0 +end=ok +slow=crash: submitted as job 1234, log m/.submitit/1234/1234_0_log.out"
+        if match := re.fullmatch(rf"#(\d) \+end=(\w+) \+slow={slow}: submitted as job (\d+), "
+                                 rf"log m/\.submitit/(\d+)/(\d+)_0_log\.out", line):
             assert match[3] == match[4] == match[5]
             submitted[match[2]] = match[3]
     assert list(submitted) == ["ok", "error", "crash"]
@@ -95,7 +99,8 @@ def test_the_local_launcher_prints_each_jobs_log_and_how_it_ended(tmp_path):
     assert "2 of 3 jobs failed: #1 +end=error, #2 +end=crash" in lines
     assert "ended ok" in (tmp_path / f"{ok}.out").read_text()
     assert "ValueError: end=crash crashed" in (tmp_path / f"{crash}.err").read_text()  # the crash's traceback
-    # Hydra ends the multirun with the first failed job's line, not a traceback through submitit
+    # Hydra ends the multirun with the first failed job's line (in job order, whichever ended first), not a
+    # traceback through submitit
     assert "Traceback" not in out.stderr
     first = f"#1 +end=error failed: error: end=error fails as train.py fails   full log: {error}.err"
     assert f"2 of 3 jobs failed; {first}" in out.stderr

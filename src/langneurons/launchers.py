@@ -118,14 +118,17 @@ class ReportingLauncher:
                 time.sleep(self._POLL_S)
         if errors and len(jobs) > 1:
             log.info(f"{len(errors)} of {len(jobs)} jobs failed: {', '.join(names[i] for i in sorted(errors))}")
-        for i, error in errors.items():
+        # Hydra raises the first failed job's error in job order (it reads each return's ``return_value``); the
+        # private ``_return_value`` is read here because the property itself raises for a failed job.
+        for i in sorted(errors):
             cause = returns[i]._return_value if returns[i].status == JobStatus.FAILED else None
-            message = f"{names[i]} failed: {error}   full log: {shown_path(jobs[i].paths.stderr)}"
+            message = f"{names[i]} failed: {errors[i]}   full log: {shown_path(jobs[i].paths.stderr)}"
             if len(errors) > 1:
                 message = f"{len(errors)} of {len(jobs)} jobs failed; {message}"
+            failed = JobFailed(message)
+            failed.__cause__ = cause if isinstance(cause, BaseException) else None
             returns[i].status = JobStatus.FAILED
-            returns[i].return_value = JobFailed(message)
-            returns[i].return_value.__cause__ = cause if isinstance(cause, BaseException) else None
+            returns[i].return_value = failed
         return returns
 
     def _outcome(self, job: Any, overrides: Sequence[str]) -> tuple[JobReturn, str | None]:
