@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cpu_kernels.py                    # the tiny base's pretraining and counting on Gemma
     python benchmarks/bench_cpu_kernels.py --only tiny --repeats 3
+    python benchmarks/bench_cpu_kernels.py --only generate --n 4      # greedy answers on Gemma
 
 The entry points pin torch's CPU kernels and MKL's code branch to AVX2 (``langneurons.cpu_numerics``), so that a
 run computes the same numbers on every x86 CPU. On a CPU with AVX-512 that gives up its wider kernels. Each
@@ -12,7 +13,10 @@ workload runs in fresh processes, pinned and on the CPU's own kernels (``ATEN_CP
   build runs them); also prints the final loss, which shows whether the two kernel sets compute the same numbers;
 - ``gemma``: the harness's counting pass on Gemma 3 270M (``benchmarks/bench_real_models.py``'s probe batches,
   2 threads); also prints a digest of the activation counts (the same digest: the same counts, bit for bit);
-  skipped with a line when its offline copy is not installed.
+  skipped with a line when its offline copy is not installed;
+- ``generate``: greedy answers to ``--n`` generated problems per language (the same 4 languages) on Gemma 3 270M,
+  as a neuron checkpoint answers them (the preset's prompts, stops and ``eval.max_new_tokens``; 2 threads); also
+  prints a digest of the answers.
 
 Prints each process's seconds, the median per kernel set and the ratio pinned / own.
 """
@@ -33,6 +37,7 @@ from pathlib import Path
 from langneurons.cpu_numerics import PINNED  # torch-free: this process does not pin itself
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKLOADS = ["tiny", "gemma", "generate"]
 
 
 def child_tiny(steps: int) -> dict:
@@ -73,7 +78,39 @@ def child_gemma(n: int, batch_size: int) -> dict:
     started = time.perf_counter()
     stats = count()
     return {"seconds": time.perf_counter() - started,
-            "counts": hashlib.sha256(stats.counts.numpy().tobytes()).hexdigest()[:12]}
+            "digest": hashlib.sha256(stats.counts.numpy().tobytes()).hexdigest()[:12]}
+
+
+def child_generate(n: int, batch_size: int) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_real_models import config
+
+    from langneurons import evaluation
+    from langneurons.data import load_problems
+    from langneurons.experiment import load_model
+    from langneurons.prompts import prompt_format
+    from langneurons.settings import ProblemSettings
+
+    torch.set_num_threads(2)
+    cfg = config("gemma3_270m")
+    loaded = load_model(cfg["model"], seed=0)
+    fmt = prompt_format(cfg["model"]["prompt_template"], loaded.tokenizer)
+    problems = load_problems(ProblemSettings(source="synthetic", path=None, n=n, offset=100000, seed=0),
+                             ["en", "zh", "sw", "th"], fmt)
+    prompts = [p for rows in problems.values() for p in rows["prompt"]]
+    stops = evaluation.AnswerStops(loaded.model, loaded.tokenizer, fmt.stop)
+
+    def answer():
+        return evaluation.generate(loaded.model, loaded.tokenizer, prompts, stops=stops, batch_size=batch_size,
+                                   max_new_tokens=int(cfg["eval"]["max_new_tokens"]))
+
+    answer()  # warm-up
+    started = time.perf_counter()
+    answers = answer()
+    return {"seconds": time.perf_counter() - started,
+            "digest": hashlib.sha256("\n".join(answers).encode()).hexdigest()[:12]}
 
 
 def own_capability() -> str:
@@ -86,15 +123,17 @@ def own_capability() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["tiny", "gemma"], default=None, help="one workload")
+    parser.add_argument("--only", choices=WORKLOADS, default=None, help="one workload")
     parser.add_argument("--repeats", type=int, default=2, help="processes per kernel set and workload")
     parser.add_argument("--steps", type=int, default=400, help="tiny: pretraining steps")
-    parser.add_argument("--n", type=int, default=16, help="gemma: problems per language (4 languages)")
+    parser.add_argument("--n", type=int, default=16, help="gemma, generate: problems per language (4 languages)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--child", choices=["tiny", "gemma"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=WORKLOADS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = child_tiny(args.steps) if args.child == "tiny" else child_gemma(args.n, args.batch_size)
+        result = (child_tiny(args.steps) if args.child == "tiny" else
+                  child_gemma(args.n, args.batch_size) if args.child == "gemma" else
+                  child_generate(args.n, args.batch_size))
         import torch
 
         result["capability"] = torch.backends.cpu.get_cpu_capability()
@@ -105,7 +144,7 @@ def main() -> None:
     kernel_sets = {"pinned (avx2)": PINNED, f"own ({own})": {"ATEN_CPU_CAPABILITY": own, "MKL_CBWR": "AUTO"}}
     print(f"CPU kernels: pinned {PINNED} against this CPU's own ({own}, MKL_CBWR=AUTO); {args.repeats} processes "
           "each, alternately")
-    for workload in [args.only] if args.only else ["tiny", "gemma"]:
+    for workload in [args.only] if args.only else WORKLOADS:
         times: dict[str, list[float]] = {name: [] for name in kernel_sets}
         seen: dict[str, set] = {name: set() for name in kernel_sets}
         runs = [name for _ in range(args.repeats) for name in kernel_sets]
@@ -119,11 +158,12 @@ def main() -> None:
                 break
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             times[name].append(result["seconds"])
-            seen[name].add(result["final_loss"] if workload == "tiny" else result["counts"])
+            seen[name].add(result["final_loss"] if workload == "tiny" else result["digest"])
             print(f"  {workload} {name} [torch: {result['capability']}]: {result['seconds']:.1f} s")
         else:
             pinned, native = (statistics.median(v) for v in times.values())
-            what = "final loss" if workload == "tiny" else "digest of the activation counts"
+            what = {"tiny": "final loss", "gemma": "digest of the activation counts",
+                    "generate": "digest of the answers"}[workload]
             print(f"{workload}: pinned {pinned:.1f} s, own {native:.1f} s (medians): pinned / own = "
                   f"{pinned / native:.2f}x; {what}: " + "; ".join(f"{n} {sorted(v)}" for n, v in seen.items()))
 
