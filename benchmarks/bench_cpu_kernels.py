@@ -1,6 +1,6 @@
 """Benchmark of the CPU kernel pin (not a test): what AVX2 kernels cost on this CPU, against its own.
 
-    python benchmarks/bench_cpu_kernels.py                    # the tiny base's pretraining and counting on Gemma
+    python benchmarks/bench_cpu_kernels.py                    # all three workloads below
     python benchmarks/bench_cpu_kernels.py --only tiny --repeats 3
     python benchmarks/bench_cpu_kernels.py --only generate --n 4      # greedy answers on Gemma
 
@@ -37,7 +37,6 @@ from pathlib import Path
 from langneurons.cpu_numerics import PINNED  # torch-free: this process does not pin itself
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKLOADS = ["tiny", "gemma", "generate"]
 
 
 def child_tiny(steps: int) -> dict:
@@ -85,20 +84,12 @@ def child_generate(n: int, batch_size: int) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_real_models import config
+    from bench_real_models import load
 
     from langneurons import evaluation
-    from langneurons.data import load_problems
-    from langneurons.experiment import load_model
-    from langneurons.prompts import prompt_format
-    from langneurons.settings import ProblemSettings
 
     torch.set_num_threads(2)
-    cfg = config("gemma3_270m")
-    loaded = load_model(cfg["model"], seed=0)
-    fmt = prompt_format(cfg["model"]["prompt_template"], loaded.tokenizer)
-    problems = load_problems(ProblemSettings(source="synthetic", path=None, n=n, offset=100000, seed=0),
-                             ["en", "zh", "sw", "th"], fmt)
+    cfg, loaded, fmt, problems = load("gemma3_270m", n)
     prompts = [p for rows in problems.values() for p in rows["prompt"]]
     stops = evaluation.AnswerStops(loaded.model, loaded.tokenizer, fmt.stop)
 
@@ -113,6 +104,12 @@ def child_generate(n: int, batch_size: int) -> dict:
             "digest": hashlib.sha256("\n".join(answers).encode()).hexdigest()[:12]}
 
 
+# workload: (its child, what its result's "digest" / "final_loss" shows)
+WORKLOADS = {"tiny": (lambda args: child_tiny(args.steps), "final loss"),
+             "gemma": (lambda args: child_gemma(args.n, args.batch_size), "digest of the activation counts"),
+             "generate": (lambda args: child_generate(args.n, args.batch_size), "digest of the answers")}
+
+
 def own_capability() -> str:
     """This CPU's best kernel set as torch picks it unpinned (a fresh process, the pinned variables cleared)."""
     env = {k: v for k, v in os.environ.items() if k not in PINNED}
@@ -123,17 +120,15 @@ def own_capability() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=WORKLOADS, default=None, help="one workload")
+    parser.add_argument("--only", choices=list(WORKLOADS), default=None, help="one workload")
     parser.add_argument("--repeats", type=int, default=2, help="processes per kernel set and workload")
     parser.add_argument("--steps", type=int, default=400, help="tiny: pretraining steps")
     parser.add_argument("--n", type=int, default=16, help="gemma, generate: problems per language (4 languages)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--child", choices=WORKLOADS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=list(WORKLOADS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = (child_tiny(args.steps) if args.child == "tiny" else
-                  child_gemma(args.n, args.batch_size) if args.child == "gemma" else
-                  child_generate(args.n, args.batch_size))
+        result = WORKLOADS[args.child][0](args)
         import torch
 
         result["capability"] = torch.backends.cpu.get_cpu_capability()
@@ -144,7 +139,7 @@ def main() -> None:
     kernel_sets = {"pinned (avx2)": PINNED, f"own ({own})": {"ATEN_CPU_CAPABILITY": own, "MKL_CBWR": "AUTO"}}
     print(f"CPU kernels: pinned {PINNED} against this CPU's own ({own}, MKL_CBWR=AUTO); {args.repeats} processes "
           "each, alternately")
-    for workload in [args.only] if args.only else WORKLOADS:
+    for workload in [args.only] if args.only else list(WORKLOADS):
         times: dict[str, list[float]] = {name: [] for name in kernel_sets}
         seen: dict[str, set] = {name: set() for name in kernel_sets}
         runs = [name for _ in range(args.repeats) for name in kernel_sets]
@@ -162,8 +157,7 @@ def main() -> None:
             print(f"  {workload} {name} [torch: {result['capability']}]: {result['seconds']:.1f} s")
         else:
             pinned, native = (statistics.median(v) for v in times.values())
-            what = {"tiny": "final loss", "gemma": "digest of the activation counts",
-                    "generate": "digest of the answers"}[workload]
+            what = WORKLOADS[workload][1]
             print(f"{workload}: pinned {pinned:.1f} s, own {native:.1f} s (medians): pinned / own = "
                   f"{pinned / native:.2f}x; {what}: " + "; ".join(f"{n} {sorted(v)}" for n, v in seen.items()))
 

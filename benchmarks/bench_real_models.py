@@ -64,22 +64,31 @@ def dpo_alignment(cfg: dict, n: int = 16):
                           "alignment.")
 
 
-def setup(preset: str, n: int, batch_size: int):
+LANGS = ["en", "zh", "sw", "th"]
+
+
+def load(preset: str, n: int):
+    """The preset's config, model and prompt format, and ``n`` generated problems in each of :data:`LANGS`."""
     from langneurons.data import load_problems
     from langneurons.experiment import load_model
-    from langneurons.neurons import make_batches
     from langneurons.prompts import prompt_format
+    from langneurons.settings import ProblemSettings
 
     cfg = config(preset)
     loaded = load_model(cfg["model"], seed=0)
     fmt = prompt_format(cfg["model"]["prompt_template"], loaded.tokenizer)
-    langs = ["en", "zh", "sw", "th"]
-    from langneurons.settings import ProblemSettings
+    problems = load_problems(ProblemSettings(source="synthetic", path=None, n=n, offset=100000, seed=0), LANGS, fmt)
+    return cfg, loaded, fmt, problems
 
-    problems = load_problems(ProblemSettings(source="synthetic", path=None, n=n, offset=100000, seed=0), langs, fmt)
-    examples = [(r["prompt"], fmt.sep + r["response"], lang) for lang in langs for r in problems[lang]]
-    batches = make_batches(loaded.tokenizer, examples, langs, batch_size=batch_size)
-    return cfg, loaded, langs, batches
+
+def setup(preset: str, n: int, batch_size: int):
+    """:func:`load`, and the problems with their gold responses as probe batches."""
+    from langneurons.neurons import make_batches
+
+    cfg, loaded, fmt, problems = load(preset, n)
+    examples = [(r["prompt"], fmt.sep + r["response"], lang) for lang in LANGS for r in problems[lang]]
+    batches = make_batches(loaded.tokenizer, examples, LANGS, batch_size=batch_size)
+    return cfg, loaded, LANGS, batches
 
 
 def _status_mb(field: str) -> float:
